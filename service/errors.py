@@ -1,0 +1,66 @@
+"""Domain errors and the one table that maps each to an HTTP status and error type."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base of every error a client can be told about."""
+
+    def __init__(self, message: str, *, field: str | None = None, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after = retry_after
+
+
+class InvalidJSON(ServiceError):
+    """The body is not valid JSON."""
+
+
+class InvalidRequest(ServiceError):
+    """A field breaks its limit or an unknown field was sent."""
+
+
+class ContextOverflow(ServiceError):
+    """Prompt tokens + max_new_tokens do not fit the model's context."""
+
+
+class UnknownToken(ServiceError):
+    """A token id outside the vocabulary."""
+
+
+class QueueFull(ServiceError):
+    """Every worker is busy and the wait queue is full."""
+
+
+class NotReady(ServiceError):
+    """The model is not loaded (yet), or failed to load."""
+
+
+class ShuttingDown(ServiceError):
+    """The server is draining and takes no new requests."""
+
+
+class GenerationFailed(ServiceError):
+    """The model failed while generating."""
+
+
+# error class -> (HTTP status, error type). One row per domain error.
+ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
+    InvalidJSON: (400, "invalid_json"),
+    InvalidRequest: (422, "invalid_request"),
+    ContextOverflow: (422, "context_length_exceeded"),
+    UnknownToken: (422, "unknown_token"),
+    QueueFull: (429, "queue_full"),
+    NotReady: (503, "model_not_ready"),
+    ShuttingDown: (503, "shutting_down"),
+    GenerationFailed: (500, "generation_failed"),
+}
+
+
+def status_and_type(error: ServiceError) -> tuple[int, str]:
+    """The (status, type) row for an error, walking up its classes."""
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return 500, "internal_error"

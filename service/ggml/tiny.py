@@ -1,0 +1,57 @@
+"""Random-weight GPT-2 models in GGML format, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+
+from service.ggml.format import HParams, gpt2_tensor_shapes, write_gpt2
+
+EOT = b"<|endoftext|>"
+
+# A few multi-byte UTF-8 tokens, so a character can span token boundaries.
+_EXTRA = [
+    " the", " a", "ing", " Hello", " world", "é", "ü", "日本", "語", "🙂",
+    "\xe2\x80".encode("latin-1").decode("latin-1"),
+]
+
+
+def byte_vocab(extra: list[bytes] | None = None) -> list[bytes]:
+    """256 single-byte tokens, then `extra` tokens, then <|endoftext|> last (as GPT-2)."""
+    tokens = [bytes([b]) for b in range(256)]
+    for t in extra if extra is not None else [s.encode("utf-8") for s in _EXTRA[:-1]] + [b"\xe2\x80"]:
+        if t not in tokens:
+            tokens.append(t)
+    return tokens + [EOT]
+
+
+def random_tensors(hp: HParams, seed: int = 0, scale: float = 0.02) -> Iterator[tuple[str, np.ndarray]]:
+    """GPT-2-initialised random weights (normal * scale, ones for gains, zeros for biases)."""
+    rng = np.random.default_rng(seed)
+    for name, shape in gpt2_tensor_shapes(hp).items():
+        if name.endswith("/g"):
+            yield name, np.ones(shape, np.float32)
+        elif name.endswith("/b"):
+            yield name, np.zeros(shape, np.float32)
+        else:
+            yield name, (rng.standard_normal(shape, dtype=np.float32) * scale)
+
+
+def make_tiny_gpt2(
+    path: str | os.PathLike[str],
+    *,
+    vocab: list[bytes] | None = None,
+    n_embd: int = 64,
+    n_head: int = 4,
+    n_layer: int = 2,
+    n_ctx: int = 1024,
+    ftype: str = "f32",
+    seed: int = 0,
+    scale: float = 0.02,
+) -> str:
+    """Write a random-weight GPT-2 GGML file and return its sha256."""
+    vocab = vocab if vocab is not None else byte_vocab()
+    hp = HParams(len(vocab), n_ctx, n_embd, n_head, n_layer, ftype)
+    return write_gpt2(path, hp, vocab, random_tensors(hp, seed, scale))

@@ -1,0 +1,104 @@
+"""Request and response bodies; limits are reusable Annotated aliases so OpenAPI documents them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+MAX_CONTEXT = 1024  # GPT-2's context; the loaded model's own n_ctx is checked at admission
+
+Prompt = Annotated[str, Meta(min_length=1, max_length=200_000, description="The text to continue (non-empty).")]
+MaxNewTokens = Annotated[
+    int, Meta(ge=1, le=MAX_CONTEXT, description="Tokens to generate at most; prompt + this must fit the model's context.")
+]
+Temperature = Annotated[float, Meta(ge=0.0, le=5.0, description="Sampling temperature; 0 means greedy.")]
+TopK = Annotated[int, Meta(ge=0, le=1_000_000, description="Sample from the k most likely tokens; 0 turns it off.")]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0, description="Nucleus sampling: smallest set of tokens with this mass.")]
+RepetitionPenalty = Annotated[
+    float, Meta(gt=0.0, le=10.0, description="Divide (or multiply) logits of already-seen tokens; 1 is off.")
+]
+Seed = Annotated[int, Meta(ge=0, le=2**63 - 1, description="Same seed and parameters give the same text.")]
+StopString = Annotated[str, Meta(min_length=1, max_length=256)]
+StopList = Annotated[
+    list[StopString], Meta(max_length=4, description="Up to 4 strings that end generation; not returned.")
+]
+TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+
+FinishReason = Literal["stop", "length", "timeout", "cancelled", "error"]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Shared options: unknown fields are an error, fields are keyword-only."""
+
+
+class GenerateRequest(Base):
+    """A generation request; only `prompt` is required."""
+
+    prompt: Prompt
+    max_new_tokens: MaxNewTokens = 128
+    temperature: Temperature = 0.8
+    top_k: TopK = 40
+    top_p: TopP = 0.95
+    repetition_penalty: RepetitionPenalty = 1.1
+    seed: Seed | None = None
+    stop: StopList = msgspec.field(default_factory=list)
+
+
+class Usage(Base):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(Base):
+    queue_ms: float
+    first_token_ms: float | None
+    total_ms: float
+    tokens_per_second: float
+
+
+class GenerateResponse(Base):
+    id: str
+    response: str
+    model: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+
+
+class TokenizeRequest(Base):
+    text: Annotated[str, Meta(max_length=200_000, description="Text to tokenize.")]
+
+
+class TokenizeResponse(Base):
+    tokens: list[int]
+    count: int
+
+
+class DetokenizeRequest(Base):
+    tokens: Annotated[list[TokenId], Meta(max_length=100_000, description="Token ids to turn back into text.")]
+
+
+class DetokenizeResponse(Base):
+    text: str
+
+
+class Health(Base, omit_defaults=True):
+    status: Literal["ok", "loading", "error", "draining"]
+    model: str | None = None
+    detail: str | None = None
+    manifest: dict | None = None
+    workers: int | None = None
+    busy: int | None = None
+    queued: int | None = None
+
+
+class ErrorDetail(Base):
+    type: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(Base):
+    error: ErrorDetail
