@@ -73,16 +73,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except SettingsError:
             raise
         except msgspec.ValidationError as exc:
-            raise SettingsError(_explain(exc)) from None
+            raise SettingsError(_explain(exc, raw)) from None
 
 
-def _explain(exc: msgspec.ValidationError) -> str:
-    """Turn msgspec's `... - at `$.port`` into a message naming the variable."""
+def _explain(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
+    """Turn msgspec's `... - at `$.port`` into a message naming the variable and its value."""
     text = str(exc)
     if " - at `$." in text:
         rule, _, where = text.rpartition(" - at `$.")
         field = where.rstrip("`").split(".")[0].split("[")[0]
-        return f"{PREFIX}{field.upper()} is invalid: {rule}"
+        rule = rule.replace("`int`", "an integer").replace("`float`", "a number").replace("`bool`", "true or false")
+        return f"{PREFIX}{field.upper()}={raw.get(field)!r} is invalid: {rule.lower()}"
     return text
 
 

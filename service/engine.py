@@ -6,6 +6,7 @@ Never imports litestar. One Engine is one model instance and runs one generation
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
+from service.ggml.format import read_gpt2
 from service.errors import ContextOverflow, GenerationFailed, UnknownToken
 from service.sampling import Sampler, SamplingParams
 from service.textstream import TextStream
@@ -39,11 +41,11 @@ class Tokenizer(Protocol):
 class _FallbackTokenizer:
     """ctransformers' own greedy tokenizer, used only when no tokenizer.json exists."""
 
-    def __init__(self, llm) -> None:
+    def __init__(self, llm, vocab: list[bytes]) -> None:
         self._llm = llm
         self.vocab_size = llm.vocab_size
         self.eos_id = llm.eos_token_id
-        self._bytes = [llm.ctransformers_llm_detokenize(i) for i in range(self.vocab_size)]
+        self._bytes = vocab  # from the file: ctransformers' detokenize cuts tokens at a NUL byte
 
     def encode(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text))
@@ -59,6 +61,14 @@ class _FallbackTokenizer:
         return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
 
 
+@functools.cache
+def _library() -> Path:
+    """ctransformers' shared library for this CPU (its detection is slow: do it once)."""
+    from ctransformers.lib import find_library
+
+    return Path(find_library())
+
+
 def _private_library(workdir: Path, index: int) -> str:
     """A private copy of ctransformers' shared library for one model instance.
 
@@ -66,9 +76,7 @@ def _private_library(workdir: Path, index: int) -> str:
     instance loaded from the same library; two instances evaluating at once would corrupt
     each other. A copy under another path is loaded as a separate library with its own.
     """
-    from ctransformers.lib import find_library
-
-    src = Path(find_library())
+    src = _library()
     dst = workdir / f"{index}-{src.name}"
     if not dst.exists():
         shutil.copyfile(src, dst)
@@ -154,13 +162,15 @@ class Engine:
         self.threads = threads
         self._libdir = libdir or Path(tempfile.mkdtemp(prefix="minivault-lib-"))
         lib = _private_library(self._libdir, instance)
+        # check the file ourselves first: ctransformers may crash on a truncated or foreign file
+        self.header = read_gpt2(self.model_path)
         try:
             self._llm = LLM(str(self.model_path), "gpt2", config=Config(threads=threads), lib=lib)
         except (RuntimeError, ValueError) as exc:
             raise ValueError(f"ctransformers could not load {self.model_path} as a GPT-2 GGML model: {exc}") from None
         self.context_length = self._llm.context_length
         self.vocab_size = self._llm.vocab_size
-        self.tokenizer: Tokenizer = tokenizer or _FallbackTokenizer(self._llm)
+        self.tokenizer: Tokenizer = tokenizer or _FallbackTokenizer(self._llm, self.header.vocab)
         if self.tokenizer.vocab_size != self.vocab_size:
             raise ValueError(
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but the model has {self.vocab_size}"

@@ -27,11 +27,12 @@ class TextStream:
         return self._release(self._held + self._decoder.decode(data))
 
     def finish(self) -> str:
-        """End of generation: flush partial characters and held text."""
+        """End of generation: release held text; a character cut off by the end is dropped."""
         if self.stopped:
             return ""
-        tail = self._held + self._decoder.decode(b"", final=True)
+        tail = self._held
         self._held = ""
+        self._decoder.reset()
         out = self._cut_at_stop(tail)
         self.text += out
         return out

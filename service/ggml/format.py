@@ -185,7 +185,13 @@ def read_gpt2(path: str | os.PathLike[str]) -> GGMLFile:
 
     Raises ValueError with a plain message when the file is not a complete GGML gpt2 file.
     """
-    path = Path(path)
+    try:
+        return _read_gpt2(Path(path))
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: truncated or corrupt GGML file ({exc})") from None
+
+
+def _read_gpt2(path: Path) -> GGMLFile:
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(28)

@@ -50,8 +50,51 @@ def make_tiny_gpt2(
     ftype: str = "f32",
     seed: int = 0,
     scale: float = 0.02,
+    no_eos: bool = False,
 ) -> str:
-    """Write a random-weight GPT-2 GGML file and return its sha256."""
+    """Write a random-weight GPT-2 GGML file and return its sha256.
+
+    With `no_eos`, an untied lm_head whose <|endoftext|> row is zero makes end-of-text
+    (practically) never the likeliest token, so generations run to max_new_tokens.
+    """
     vocab = vocab if vocab is not None else byte_vocab()
     hp = HParams(len(vocab), n_ctx, n_embd, n_head, n_layer, ftype)
-    return write_gpt2(path, hp, vocab, random_tensors(hp, seed, scale))
+    tensors = random_tensors(hp, seed, scale)
+    if no_eos:
+        tensors = _with_eos_silenced(tensors, vocab.index(EOT))
+    return write_gpt2(path, hp, vocab, tensors)
+
+
+def _with_eos_silenced(tensors: Iterator[tuple[str, np.ndarray]], eos: int) -> Iterator[tuple[str, np.ndarray]]:
+    for name, array in tensors:
+        yield name, array
+        if name == "model/wte":
+            head = array.copy()
+            head[eos] = 0.0
+            yield "model/lm_head", head
+
+
+def make_scripted_gpt2(
+    path: str | os.PathLike[str], vocab: list[bytes], script: list[int], *, n_embd: int = 128
+) -> str:
+    """Write a GPT-2 whose greedy next token at position p is script[p], whatever the input.
+
+    Every block is zero (the residual passes through), wte is zero and wpe[p] is the unit
+    vector e_p, so the final state at position p is layer-normed e_p; lm_head row t has a
+    large weight on each position whose scripted token is t. A real ctransformers model with
+    a known output: for testing streaming, UTF-8 and stop strings exactly.
+    """
+    n_ctx = n_embd
+    if len(script) > n_ctx:
+        raise ValueError(f"script of {len(script)} tokens is longer than n_ctx={n_ctx}")
+    hp = HParams(len(vocab), n_ctx, n_embd, 2, 1, "f32")  # ggml crashes with one head
+    shapes = dict(random_tensors(hp, 0, 0.0))
+    for name, array in shapes.items():
+        if not name.endswith("/g"):
+            array[...] = 0.0
+    shapes["model/wpe"] = np.eye(n_ctx, n_embd, dtype=np.float32)
+    head = np.zeros((len(vocab), n_embd), np.float32)
+    for p, token in enumerate(script):
+        head[token, p] = 10.0
+    tensors = list(shapes.items()) + [("model/lm_head", head)]
+    return write_gpt2(path, hp, vocab, tensors)
