@@ -10,7 +10,7 @@ from typing import AsyncIterator
 import msgspec
 from litestar import Litestar, Request, Response
 from litestar.datastructures import MutableScopeHeaders
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,8 +64,11 @@ def _field_of(exc: msgspec.ValidationError) -> tuple[str | None, str]:
     if m := re.search(r"unknown field `([^`]+)`", rule):
         name = m.group(1)
         return (f"{path}.{name}" if path else name), f"unknown field `{name}` (check its spelling)"
-    if "missing required field `data`" in rule:
-        return None, "the request body must be a JSON object"
+    if m := re.search(r"missing required field `([^`]+)`", rule):
+        if m.group(1) == "data":
+            return None, "the request body must be a JSON object"
+        name = m.group(1)
+        return (f"{path}.{name}" if path else name), "this field is required"
     return path, rule
 
 
@@ -84,8 +87,20 @@ def handle_validation(request: Request, exc: ValidationException) -> Response[Er
     return handle_service_error(request, error)
 
 
+def _caused_by_bad_json(exc: BaseException) -> bool:
+    """Whether the body failed to parse as JSON (somewhere down the exception chain)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, (msgspec.DecodeError, SerializationException)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def handle_http(request: Request, exc: HTTPException) -> Response[ErrorBody]:
-    if exc.status_code == 400 and "malformed" in str(exc.detail).lower():
+    if exc.status_code == 400 and _caused_by_bad_json(exc):
         return handle_service_error(request, InvalidJSON(f"the body is not valid JSON: {exc.detail}"))
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
     return _error_response(exc.status_code, type_, str(exc.detail))

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
 from litestar.response import Response, Stream
 
 from service.errors import GenerationFailed
@@ -24,6 +27,9 @@ from service.schemas import (
     Timings,
     Usage,
 )
+
+
+_JSON = Body(media_type=RequestEncodingType.JSON)
 
 
 def _runtime(state: State) -> Runtime:
@@ -55,7 +61,7 @@ async def _client_gone(request: Request) -> None:
 
 
 @post("/generate", status_code=200, summary="Generate a completion and return it whole")
-async def generate(request: Request, data: GenerateRequest, state: State) -> GenerateResponse:
+async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> GenerateResponse:
     """Generate text for a prompt; the response carries usage and timings."""
     runtime = _runtime(state)
     job = await _admit(runtime, request, data)
@@ -80,7 +86,7 @@ async def generate(request: Request, data: GenerateRequest, state: State) -> Gen
 
 
 @post("/generate/stream", status_code=200, summary="Stream a completion as plain text, token by token")
-async def generate_stream(request: Request, data: GenerateRequest, state: State) -> Stream:
+async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> Stream:
     """Stream each token's text as it is produced (text/plain, chunked)."""
     runtime = _runtime(state)
     job = await _admit(runtime, request, data)
@@ -105,7 +111,7 @@ def health(state: State) -> Response[Health]:
 
 
 @post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them")
-async def tokenize(data: TokenizeRequest, state: State) -> TokenizeResponse:
+async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> TokenizeResponse:
     """Tokenize with the same tokenizer the engine uses."""
     scheduler = _runtime(state).ready()
     tokens = await anyio.to_thread.run_sync(scheduler.tokenize, data.text)
@@ -113,7 +119,7 @@ async def tokenize(data: TokenizeRequest, state: State) -> TokenizeResponse:
 
 
 @post("/detokenize", status_code=200, summary="Text of a list of token ids")
-async def detokenize(data: DetokenizeRequest, state: State) -> DetokenizeResponse:
+async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) -> DetokenizeResponse:
     """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
     scheduler = _runtime(state).ready()
     text = await anyio.to_thread.run_sync(scheduler.detokenize, data.tokens)

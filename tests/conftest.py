@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 
 from service.config import Settings
-from service.ggml.tiny import EOT, byte_vocab, make_scripted_gpt2, make_tiny_gpt2
-
-ROOT = Path(__file__).resolve().parent.parent
+from service.ggml.tiny import make_tiny_gpt2
+from tests.support import LiveServer, Script
 
 
 @pytest.fixture(scope="session")
@@ -44,28 +35,6 @@ def long_model(models_root: Path) -> Path:
     return path
 
 
-class Script:
-    """A scripted model: greedy output at position p is script[p]; see make_scripted_gpt2."""
-
-    def __init__(self, root: Path, name: str, extra: list[bytes], pieces: list[bytes], prompt_len: int = 3):
-        self.vocab = byte_vocab() + [t for t in extra if t not in byte_vocab()]
-        self.ids = {t: i for i, t in enumerate(self.vocab)}
-        self.prompt_len = prompt_len
-        # the prompt fills positions 0..prompt_len-1; the last of them predicts the first piece
-        script = [self.ids[b"a"]] * (prompt_len - 1) + [self.ids[p] for p in pieces]
-        self.path = root / name / "model.bin"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        make_scripted_gpt2(self.path, self.vocab, script)
-
-    @property
-    def prompt_ids(self) -> list[int]:
-        return [self.ids[b"a"]] * self.prompt_len
-
-    @property
-    def prompt(self) -> str:
-        return "a" * self.prompt_len  # ctransformers' tokenizer splits it into single bytes
-
-
 @pytest.fixture(scope="session")
 def scripted(models_root: Path):
     """Factory for scripted models."""
@@ -81,61 +50,6 @@ def settings_for(tmp_path: Path):
         return Settings(**(fields | overrides))
 
     return make
-
-
-def read_log(path: Path) -> list[dict]:
-    """Every record of a JSONL log (each line must parse)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """A real `python -m service.server` process on 127.0.0.1."""
-
-    def __init__(self, model: Path, log_file: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_file = log_file
-        full_env = os.environ | {
-            "MINIVAULT_MODEL": str(model), "MINIVAULT_LOG_FILE": str(log_file),
-            "MINIVAULT_HOST": "127.0.0.1", "MINIVAULT_PORT": str(self.port),
-        } | env
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.server"], env=full_env, cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        self.output = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.communicate()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"server did not become healthy: {self.output}")
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, wait for the drain, return the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        self.output += out + err
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -158,5 +72,3 @@ def live_server(start_server, tiny_model: Path) -> str:
     """Base URL of a live server running the tiny model."""
     return start_server(tiny_model).url
 
-
-__all__ = ["EOT", "read_log", "free_port"]
