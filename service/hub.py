@@ -1,0 +1,351 @@
+"""Download GPT-2 models from the Hugging Face Hub into the models dir.
+
+Two kinds of repo are accepted: one holding a ready GGML gpt2 `.bin` file, installed
+as is, and a GPT-2-family checkpoint (config.json with model_type gpt2 +
+model.safetensors), converted locally to GGML. Files come through huggingface_hub's
+cache (so HF_HUB_OFFLINE works from it); the model is assembled in
+models/.partial/ and renamed into models/<name> only once complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import json
+import os
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from service.ggml.format import FTYPES, read_gpt2
+from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
+from service.modelstore import ModelEntry, copy_hashed, install, list_models, staging, write_atomic
+
+__all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]
+
+DEFAULT_REPO = "distilgpt2"
+DEFAULT_QUANT = "q4_0"
+
+CHECKPOINT_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
+                    "generation_config.json"]
+ACCEPTED = ("a GPT-2 checkpoint (config.json with model_type gpt2 + model.safetensors) "
+            "or a GGML gpt2 .bin file")
+# *.bin files that are PyTorch pickles or training state, never GGML.
+_NOT_GGML = ("pytorch_model", "training_args", "optimizer", "scheduler", "rng_state", "adapter_model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf",
+                    ".ggml", ".pkl")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+class _Refused(HubError):
+    """The repo holds nothing MiniVault can run."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    kind: str  # "checkpoint" | "ggml"
+    files: list[str]  # checkpoint: files to fetch; ggml: candidate .bin files, best first
+    tokenizer: list[str]  # ggml: tokenizer files to fetch alongside
+
+
+def say(message: str) -> None:
+    """One progress line on stderr."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- download -------------------------------------------------------------------------------
+
+
+def download(
+    repo_id: str = DEFAULT_REPO,
+    *,
+    models_dir: str | os.PathLike[str],
+    quant: str = DEFAULT_QUANT,
+    revision: str | None = None,
+    force: bool = False,
+) -> Path:
+    """Install a model from the Hub into `models_dir` and return the path of its GGML file.
+
+    A GGML repo lands in models/<repo name>/, a converted checkpoint in
+    models/<repo name lowercased>-<quant>/ (model.bin, tokenizer.json, manifest.json).
+    A model already installed from the same repo, revision and quant that still
+    verifies is left alone unless `force`. Honours HF_TOKEN, HF_ENDPOINT,
+    HF_HUB_OFFLINE and HF_HOME / HF_HUB_CACHE. Raises HubError (one line) when the
+    Hub can't be used or the repo holds nothing MiniVault can run.
+    """
+    if quant not in FTYPES:
+        raise HubError(f"unknown quant {quant!r}; choose one of {', '.join(FTYPES)}")
+    models_dir = Path(models_dir)
+    hub = Hub.from_env()
+    installed = None if force else _installed(models_dir, repo_id, quant)
+    if installed and revision and _same_revision(revision, installed[1].source.revision):
+        return _keep(*installed)
+
+    listing = _resolve(hub, repo_id, revision, keep_if_unreachable=installed is not None and revision is None)
+    if installed and (listing is None or listing.commit == installed[1].source.revision):
+        return _keep(*installed)
+    assert listing is not None
+    try:
+        plan = _plan(hub, repo_id, listing, quant)
+    except _Refused:
+        if not listing.local:
+            raise
+        shown = ", ".join(sorted(listing.files)[:5]) or "nothing"
+        raise HubError(f"{listing.note}, and the local cache holds only part of {repo_id}@{revision or 'main'} "
+                       f"({shown}); connect to the Hub to fetch the rest") from None
+    base = repo_id.rsplit("/", 1)[-1]
+    name = f"{base.lower()}-{quant}" if plan.kind == "checkpoint" else base
+    final = models_dir / name
+    _check_target(final, repo_id, force)
+    work = staging(models_dir, name)
+    try:
+        if plan.kind == "checkpoint":
+            manifest = _fetch_checkpoint(hub, repo_id, listing, plan, work, name, quant)
+        else:
+            manifest = _fetch_ggml(hub, repo_id, listing, plan, work, name, quant)
+        install(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    model = final / "model.bin"
+    say(f"Installed {model} ({_human(manifest.size)}, {manifest.quant}, sha256 {manifest.sha256[:16]}…)")
+    return model
+
+
+def _resolve(hub: Hub, repo_id: str, revision: str | None, *, keep_if_unreachable: bool) -> Listing | None:
+    """The repo's commit and files: from the Hub, else from the local cache.
+
+    None means the Hub can't be asked and the installed copy should be kept.
+    """
+    where = "the local cache (HF_HUB_OFFLINE is set)" if hub.offline else hub.endpoint
+    say(f"Resolving {repo_id}@{revision or 'main'} on {where}")
+    try:
+        return remote_listing(hub, repo_id, revision)
+    except Unreachable as why:
+        if keep_if_unreachable:
+            say(f"{why}; keeping the installed copy")
+            return None
+        listing = cached_listing(hub, repo_id, revision, note=str(why))
+        if listing is None:
+            raise HubError(f"{why}, and {repo_id}@{revision or 'main'} is not in the local cache "
+                           f"({hub.cache_dir})") from None
+        if not hub.offline:
+            say(f"{why}; using the local cache")
+        return listing
+
+
+def _same_revision(asked: str, recorded: str | None) -> bool:
+    """Whether a requested revision names the recorded commit (full or abbreviated sha)."""
+    return bool(recorded) and (asked == recorded or (len(asked) >= 7 and recorded.startswith(asked)))
+
+
+def _installed(models_dir: Path, repo_id: str, quant: str):
+    """(model path, manifest) of a verified install of `repo_id` at `quant`, or None."""
+    from service.manifest import read_manifest, verify
+
+    base = repo_id.rsplit("/", 1)[-1]
+    for name in (f"{base.lower()}-{quant}", base):
+        model = models_dir / name / "model.bin"
+        if not model.is_file():
+            continue
+        try:
+            manifest = read_manifest(model)
+        except (OSError, ValueError, msgspec.MsgspecError):
+            continue
+        if manifest is None or manifest.source.repo != repo_id:
+            continue
+        if manifest.source.kind != "ggml" and manifest.quant != quant:
+            continue
+        try:
+            verify(model, manifest, full=True)
+        except (OSError, ValueError) as e:
+            say(f"{model} no longer matches its manifest ({one_line(e)}); installing again")
+            return None
+        return model, manifest
+    return None
+
+
+def _keep(model: Path, manifest) -> Path:
+    rev = (manifest.source.revision or "?")[:7]
+    say(f"{model.parent.name} is already installed ({model}, {manifest.source.repo}@{rev}, {manifest.quant}); "
+        "nothing to do (--force reinstalls)")
+    return model
+
+
+def _check_target(final: Path, repo_id: str, force: bool) -> None:
+    """Refuse to replace a model that came from somewhere else, unless forced."""
+    if not final.exists() or force:
+        return
+    if not final.is_dir():
+        raise HubError(f"{final} exists and is not a model folder; move it away or pass --force")
+    from service.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(final / "model.bin")
+    except (OSError, ValueError, msgspec.MsgspecError):
+        manifest = None
+    if manifest is None and not (final / "model.bin").exists():
+        return
+    if manifest is None or manifest.source.repo != repo_id:
+        origin = "a model without a manifest" if manifest is None else f"a model from {manifest.source.repo}"
+        raise HubError(f"{final} already holds {origin}; pass --force to replace it")
+
+
+# --- what the repo holds --------------------------------------------------------------------
+
+
+def _plan(hub: Hub, repo_id: str, listing: Listing, quant: str) -> _Plan:
+    """Decide how to install the repo from its file list, or refuse it."""
+    files = set(listing.files)
+    model_type = None
+    if "config.json" in files:
+        config = _read_json(hub.download_file(repo_id, "config.json", listing))
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        if model_type == "gpt2" and "model.safetensors" in files:
+            return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files], [])
+    candidates = _ggml_candidates(files, quant)
+    if candidates:
+        tokenizer = ["tokenizer.json"] if "tokenizer.json" in files else (
+            ["vocab.json", "merges.txt"] if {"vocab.json", "merges.txt"} <= files else [])
+        return _Plan("ggml", candidates, tokenizer)
+    raise _Refused(_refusal(repo_id, files, model_type))
+
+
+def _ggml_candidates(files: set[str], quant: str) -> list[str]:
+    """*.bin files that may be GGML: matching the quant first, then named ggml, then top-level."""
+    bins = [f for f in files if f.endswith(".bin") and not f.rsplit("/", 1)[-1].startswith(_NOT_GGML)]
+    return sorted(bins, key=lambda f: (quant not in f.lower(), "ggml" not in f.lower(), "/" in f, f))
+
+
+def _refusal(repo_id: str, files: set[str], model_type: str | None) -> str:
+    """One line: what the repo holds, and what MiniVault accepts."""
+    found = []
+    if "config.json" in files:
+        found.append(f"config.json (model_type {model_type!r})" if model_type else "config.json (no model_type)")
+    weights = sorted(f for f in files if f.endswith(_WEIGHT_SUFFIXES))
+    found += weights[:6] + ([f"{len(weights) - 6} more weight files"] if len(weights) > 6 else [])
+    if not weights:
+        found.append("no weight files" + (f" ({', '.join(sorted(files)[:5])})" if files else ""))
+    if model_type not in (None, "gpt2"):
+        hint = f"model_type {model_type!r} is not GPT-2"
+    elif any(f.endswith(".gguf") for f in weights):
+        hint = "GGUF is not supported, only the older GGML gpt2 format"
+    elif any(f.endswith(".safetensors") for f in weights) and "model.safetensors" not in files:
+        hint = "only a single model.safetensors is supported (no sharded or renamed checkpoints)"
+    elif any(f.rsplit("/", 1)[-1].startswith("pytorch_model") for f in weights):
+        hint = "pytorch_model.bin is a pickle and is never loaded; convert it to model.safetensors first"
+    elif "model.safetensors" in files:
+        hint = "model.safetensors needs a config.json with model_type gpt2 beside it"
+    else:
+        hint = "nothing here is a model MiniVault can run"
+    return f"{repo_id} can't be used: found {', '.join(found)}; {hint}. MiniVault accepts {ACCEPTED}"
+
+
+# --- fetching and assembling ----------------------------------------------------------------
+
+
+def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: Path, name: str,
+                      quant: str):
+    """Download the checkpoint's files and convert them into `staging`."""
+    from service.convert import convert_checkpoint
+
+    say(f"{repo_id}@{listing.commit[:7]} is a GPT-2 safetensors checkpoint; fetching {', '.join(plan.files)}")
+    folder = hub.snapshot(repo_id, listing, plan.files)
+    say(f"Converting to GGML {quant} into {name}")
+    try:
+        return convert_checkpoint(folder, staging, quant, name=name, source_repo=repo_id,
+                                  revision=_commit_of(folder, listing))
+    except ValueError as e:
+        raise HubError(f"{repo_id}: conversion failed: {one_line(e)}") from None
+
+
+def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: Path, name: str, quant: str):
+    """Download the first candidate that really is a GGML gpt2 file, as is, into `staging`."""
+    rejected = []
+    for candidate in plan.files:
+        say(f"{repo_id}@{listing.commit[:7]}: fetching {candidate}" +
+            (f" (+ {', '.join(plan.tokenizer)})" if plan.tokenizer else ""))
+        folder = hub.snapshot(repo_id, listing, [glob.escape(candidate), *plan.tokenizer])
+        path = folder / candidate
+        try:
+            ggml = read_gpt2(path)
+        except (ValueError, OSError, UnicodeDecodeError) as e:
+            reason = one_line(e).replace(str(path), candidate)
+            say(f"{candidate} is not a GGML gpt2 file: {reason}")
+            rejected.append(f"{candidate} ({reason})")
+            continue
+        hp = ggml.hparams
+        say(f"{candidate}: GGML gpt2, {hp.ftype}, {hp.n_layer} layers, n_embd {hp.n_embd}, vocab {hp.n_vocab}")
+        if hp.ftype != quant:
+            say(f"note: {repo_id} ships a ready {hp.ftype} file; --quant only applies to converted checkpoints")
+        size, sha256 = copy_hashed(path, staging / "model.bin")
+        tokenizer = _copy_tokenizer(folder, plan.tokenizer, staging)
+        if tokenizer is None:
+            say(f"note: {repo_id} has no tokenizer files; the server will fall back to ctransformers' tokenizer")
+        parameters = sum(int(_prod(t.shape)) for t in ggml.tensors.values())
+        return _write_ggml_manifest(staging, name=name, repo_id=repo_id, revision=_commit_of(folder, listing), hp=hp,
+                                    parameters=parameters, size=size, sha256=sha256, tokenizer=tokenizer)
+    raise HubError(f"{repo_id} can't be used: no .bin file is a GGML gpt2 file: {'; '.join(rejected)}. "
+                   f"MiniVault accepts {ACCEPTED}")
+
+
+def _commit_of(folder: Path, listing: Listing) -> str:
+    """The commit a snapshot folder holds (the branch may have moved since it was resolved)."""
+    return folder.name if _COMMIT.fullmatch(folder.name) else listing.commit
+
+
+def _write_ggml_manifest(staging: Path, *, name, repo_id, revision, hp, parameters, size, sha256, tokenizer):
+    from service.manifest import Manifest, write_manifest
+
+    fields = {
+        "name": name, "file": "model.bin", "source": {"repo": repo_id, "revision": revision, "kind": "ggml"},
+        "quant": hp.ftype, "parameters": parameters, "size": size, "sha256": sha256, "tokenizer": tokenizer,
+        "hparams": {"n_vocab": hp.n_vocab, "n_ctx": hp.n_ctx, "n_embd": hp.n_embd, "n_head": hp.n_head,
+                    "n_layer": hp.n_layer, "ftype": hp.ftype},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    manifest = msgspec.convert(fields, Manifest)
+    write_manifest(staging, manifest)
+    return manifest
+
+
+def _copy_tokenizer(folder: Path, files: list[str], staging: Path) -> str | None:
+    """Put tokenizer.json into `staging` (copied, or built from vocab.json + merges.txt)."""
+    if files == ["tokenizer.json"]:
+        copy_hashed(folder / "tokenizer.json", staging / "tokenizer.json")
+        return "tokenizer.json"
+    if files == ["vocab.json", "merges.txt"]:
+        from service.convert import tokenizer_json
+
+        data = tokenizer_json(folder / "vocab.json", folder / "merges.txt")
+        write_atomic(staging / "tokenizer.json", json.dumps(data, ensure_ascii=False).encode())
+        return "tokenizer.json"
+    return None
+
+
+# --- small helpers --------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

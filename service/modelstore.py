@@ -1,0 +1,162 @@
+"""The models dir: atomic installs of model folders, and what is installed.
+
+A model folder is assembled under models/.partial/<name>.<pid>.<random>/ and renamed
+into models/<name> only when complete, so a killed download never leaves a loadable
+half model; folders of processes that are gone are swept on the next download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import msgspec
+
+from service.ggml.format import read_gpt2
+
+PARTIAL_DIR = ".partial"
+
+
+class ModelEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One installed model, as `minivault models` lists it."""
+
+    name: str
+    path: str  # the GGML file
+    quant: str
+    size: int
+    source: str | None  # "repo@commit (kind)" from the manifest; None for a bare file
+    sha256: str
+    problem: str | None = None  # why it may not load, when something looks wrong
+
+
+def staging(models_dir: Path, name: str) -> Path:
+    """A fresh folder under models/.partial/, after sweeping ones left by dead processes."""
+    root = models_dir / PARTIAL_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep(root)
+    return Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir=root))
+
+
+def _sweep(root: Path) -> None:
+    """Remove partial folders whose process is gone (a killed download)."""
+    if os.name != "posix":  # os.kill(pid, 0) is only a liveness probe on POSIX
+        return
+    for entry in root.iterdir():
+        parts = entry.name.rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def install(staging: Path, final: Path) -> None:
+    """Rename the finished folder into place, moving any previous one aside first."""
+    _fsync_dir(staging)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f"{final.name}.{os.getpid()}.", dir=staging.parent))
+        os.rmdir(old)
+        os.rename(final, old)
+    os.rename(staging, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
+    """Copy a file, fsync it, and return (size, sha256)."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            digest.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+        fout.flush()
+        os.fsync(fout.fileno())
+    return size, digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_models(models_dir: str | os.PathLike[str]) -> list[ModelEntry]:
+    """Every model in `models_dir`: models/<name>/model.bin folders and bare *.bin files.
+
+    Facts come from the manifest when there is one; a bare file's quant is read from
+    its GGML header and its sha256 computed.
+    """
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    entries = [_bare_entry(p, p.stem) for p in root.glob("*.bin") if p.is_file()]
+    for folder in root.iterdir():
+        model = folder / "model.bin"
+        if folder.name.startswith(".") or not folder.is_dir() or not model.is_file():
+            continue
+        entries.append(_managed_entry(model, folder.name))
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _managed_entry(model: Path, name: str) -> ModelEntry:
+    from service.manifest import read_manifest
+
+    try:
+        manifest = read_manifest(model)
+    except (OSError, ValueError, msgspec.MsgspecError) as e:
+        entry = _bare_entry(model, name)
+        return msgspec.structs.replace(entry, problem=entry.problem or f"unreadable manifest: {_one_line(e)}")
+    if manifest is None:
+        return _bare_entry(model, name)
+    size = model.stat().st_size
+    src = manifest.source
+    return ModelEntry(
+        name=name, path=str(model), quant=manifest.quant, size=size,
+        source=f"{src.repo}@{(src.revision or '?')[:7]} ({src.kind})", sha256=manifest.sha256,
+        problem=None if size == manifest.size else f"size {size} differs from the manifest's {manifest.size}",
+    )
+
+
+def _bare_entry(model: Path, name: str) -> ModelEntry:
+    problem = None
+    try:
+        quant = read_gpt2(model).hparams.ftype
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        quant, problem = "?", _one_line(e).replace(str(model), model.name)
+    digest = hashlib.sha256()
+    with open(model, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return ModelEntry(name=name, path=str(model), quant=quant, size=model.stat().st_size, source=None,
+                      sha256=digest.hexdigest(), problem=problem)
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
