@@ -10,9 +10,10 @@ Small files answer /resolve directly with ETag = git blob id; LFS files (*.bin,
 X-Linked-Etag / X-Linked-Size, as the real Hub does for its CDN. Errors carry the
 X-Error-Code headers huggingface_hub maps to its exceptions.
 
-Faults for tests: `drop(filename, after=n, times=k)` closes the connection after n
-body bytes; `fail(filename, status)` answers an error; `stall(filename, after=n)`
-sends n bytes then waits until the server closes.
+Faults for tests, queued per file name and used by its next downloads in order:
+`drop(filename, after=n)` closes the connection after n body bytes; `fail(filename,
+status)` answers an error; `stall(filename, after=n)` sends n bytes, then hangs until
+the server closes.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ class Fault:
     kind: str  # "drop" | "fail" | "stall"
     after: int = 0
     status: int = 500
-    times: int = 1
 
 
 class HubServer:
@@ -71,7 +71,7 @@ class HubServer:
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
-        self.faults: dict[str, Fault] = {}
+        self.faults: dict[str, list[Fault]] = {}
         self.stalled = threading.Event()  # set when a stalled download has sent its bytes
         self._release = threading.Event()
         self._lock = threading.Lock()
@@ -82,7 +82,7 @@ class HubServer:
         self.url = f"http://127.0.0.1:{self.port}"
         # LFS content is served from a different host name, as the Hub's CDN is.
         self.cdn_url = f"http://localhost:{self.port}/cdn"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,), daemon=True)
 
     def __enter__(self) -> "HubServer":
         self._thread.start()
@@ -126,17 +126,17 @@ class HubServer:
         repo.tokens.update(tokens)
         return sha
 
-    def drop(self, filename: str, *, after: int, times: int = 1) -> None:
-        """Close the connection after `after` body bytes, for the next `times` downloads."""
-        self.faults[filename] = Fault("drop", after=after, times=times)
+    def drop(self, filename: str, *, after: int) -> None:
+        """Close the connection after `after` body bytes of a coming download."""
+        self.faults.setdefault(filename, []).append(Fault("drop", after=after))
 
-    def fail(self, filename: str, *, status: int = 500, times: int = 1) -> None:
-        """Answer the next `times` downloads of `filename` with `status`."""
-        self.faults[filename] = Fault("fail", status=status, times=times)
+    def fail(self, filename: str, *, status: int = 500) -> None:
+        """Answer a coming download of `filename` with `status`."""
+        self.faults.setdefault(filename, []).append(Fault("fail", status=status))
 
     def stall(self, filename: str, *, after: int) -> None:
-        """Send `after` bytes of the next download, then hang until the server closes."""
-        self.faults[filename] = Fault("stall", after=after)
+        """Send `after` bytes of a coming download, then hang until the server closes."""
+        self.faults.setdefault(filename, []).append(Fault("stall", after=after))
 
     def downloads(self, filename: str) -> int:
         """How many GET requests fetched `filename`'s content (resolve or CDN)."""
@@ -151,13 +151,8 @@ class HubServer:
 
     def _take_fault(self, filename: str) -> Fault | None:
         with self._lock:
-            fault = self.faults.get(filename)
-            if fault is None:
-                return None
-            fault.times -= 1
-            if fault.times <= 0:
-                del self.faults[filename]
-            return fault
+            queue = self.faults.get(filename)
+            return queue.pop(0) if queue else None
 
     def _blob_by_sha256(self, sha256: str) -> tuple[str, Blob] | None:
         for repo in self.repos.values():
