@@ -47,6 +47,8 @@ class _Refused(HubError):
 
 @dataclass(frozen=True)
 class _Plan:
+    """How to install a repo."""
+
     kind: str  # "checkpoint" | "ggml"
     files: list[str]  # checkpoint: files to fetch; ggml: candidate .bin files, best first
     tokenizer: list[str]  # ggml: tokenizer files to fetch alongside
@@ -82,13 +84,15 @@ def download(
     models_dir = Path(models_dir)
     hub = Hub.from_env()
     installed = None if force else _installed(models_dir, repo_id, quant)
-    if installed and revision and _same_revision(revision, installed[1].source.revision):
+    if installed and revision and _same_revision(revision, installed[1].source.revision) \
+            and _fits(installed[1], quant, None):
         return _keep(*installed)
 
     listing = _resolve(hub, repo_id, revision, keep_if_unreachable=installed is not None and revision is None)
-    if installed and (listing is None or listing.commit == installed[1].source.revision):
+    if listing is None:
         return _keep(*installed)
-    assert listing is not None
+    if installed and listing.commit == installed[1].source.revision and _fits(installed[1], quant, listing.files):
+        return _keep(*installed)
     try:
         plan = _plan(hub, repo_id, listing, quant)
     except _Refused:
@@ -168,7 +172,19 @@ def _installed(models_dir: Path, repo_id: str, quant: str):
     return None
 
 
+def _fits(manifest, quant: str, files: list[str] | None) -> bool:
+    """Whether an install answers a request for `quant`.
+
+    A GGML file is installed at whatever quant the repo ships, so another quant only
+    calls for a new download when the repo has a file named for it.
+    """
+    if manifest.source.kind != "ggml" or manifest.quant == quant:
+        return True
+    return files is not None and not any(quant in f.lower() for f in _ggml_candidates(set(files), quant))
+
+
 def _keep(model: Path, manifest) -> Path:
+    """Say the model is already there and return its path."""
     rev = (manifest.source.revision or "?")[:7]
     say(f"{model.parent.name} is already installed ({model}, {manifest.source.repo}@{rev}, {manifest.quant}); "
         "nothing to do (--force reinstalls)")
@@ -298,6 +314,7 @@ def _commit_of(folder: Path, listing: Listing) -> str:
 
 
 def _write_ggml_manifest(staging: Path, *, name, repo_id, revision, hp, parameters, size, sha256, tokenizer):
+    """Write the manifest of a GGML file installed as is."""
     from service.manifest import Manifest, write_manifest
 
     fields = {
@@ -330,6 +347,7 @@ def _copy_tokenizer(folder: Path, files: list[str], staging: Path) -> str | None
 
 
 def _read_json(path: Path) -> object:
+    """A JSON file's content, or None when unreadable."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -337,6 +355,7 @@ def _read_json(path: Path) -> object:
 
 
 def _prod(shape: tuple[int, ...]) -> int:
+    """Number of elements in a tensor of `shape`."""
     n = 1
     for d in shape:
         n *= d
@@ -344,6 +363,7 @@ def _prod(shape: tuple[int, ...]) -> int:
 
 
 def _human(size: int) -> str:
+    """A byte count for people."""
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"

@@ -51,6 +51,7 @@ class Hub:
 
     @classmethod
     def from_env(cls) -> "Hub":
+        """The settings as the environment has them now."""
         env = os.environ
         home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or "~/.cache", "huggingface")
         cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
@@ -62,6 +63,7 @@ class Hub:
         )
 
     def _common(self, listing: "Listing") -> dict:
+        """Arguments every huggingface_hub download call takes."""
         return dict(revision=listing.revision, cache_dir=self.cache_dir, endpoint=self.endpoint,
                     token=self.token, local_files_only=listing.local, library_name="minivault")
 

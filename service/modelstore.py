@@ -51,6 +51,7 @@ def _sweep(root: Path) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process still exists."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -89,6 +90,7 @@ def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file via a temp name, fsync and rename."""
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -98,6 +100,7 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable."""
     if os.name != "posix":
         return
     fd = os.open(path, os.O_RDONLY)
@@ -126,6 +129,7 @@ def list_models(models_dir: str | os.PathLike[str]) -> list[ModelEntry]:
 
 
 def _managed_entry(model: Path, name: str) -> ModelEntry:
+    """A models/<name>/model.bin entry, from its manifest when it has one."""
     from service.manifest import read_manifest
 
     try:
@@ -145,6 +149,7 @@ def _managed_entry(model: Path, name: str) -> ModelEntry:
 
 
 def _bare_entry(model: Path, name: str) -> ModelEntry:
+    """An entry for a file without manifest: quant from its header, sha256 computed."""
     problem = None
     try:
         quant = read_gpt2(model).hparams.ftype
@@ -159,4 +164,5 @@ def _bare_entry(model: Path, name: str) -> ModelEntry:
 
 
 def _one_line(e: BaseException) -> str:
+    """An exception's message on one line."""
     return " ".join(str(e).split()) or type(e).__name__
