@@ -9,7 +9,6 @@ models/.partial/ and renamed into models/<name> only once complete.
 
 from __future__ import annotations
 
-import datetime as dt
 import glob
 import json
 import os
@@ -18,8 +17,6 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import msgspec
 
 from service.ggml.format import FTYPES, read_gpt2
 from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
@@ -157,7 +154,7 @@ def _installed(models_dir: Path, repo_id: str, quant: str):
             continue
         try:
             manifest = read_manifest(model)
-        except (OSError, ValueError, msgspec.MsgspecError):
+        except (OSError, ValueError):
             continue
         if manifest is None or manifest.source.repo != repo_id:
             continue
@@ -201,7 +198,7 @@ def _check_target(final: Path, repo_id: str, force: bool) -> None:
 
     try:
         manifest = read_manifest(final / "model.bin")
-    except (OSError, ValueError, msgspec.MsgspecError):
+    except (OSError, ValueError):
         manifest = None
     if manifest is None and not (final / "model.bin").exists():
         return
@@ -315,16 +312,14 @@ def _commit_of(folder: Path, listing: Listing) -> str:
 
 def _write_ggml_manifest(staging: Path, *, name, repo_id, revision, hp, parameters, size, sha256, tokenizer):
     """Write the manifest of a GGML file installed as is."""
-    from service.manifest import Manifest, write_manifest
+    from service.manifest import HParams, Manifest, Source, utc_now, write_manifest
 
-    fields = {
-        "name": name, "file": "model.bin", "source": {"repo": repo_id, "revision": revision, "kind": "ggml"},
-        "quant": hp.ftype, "parameters": parameters, "size": size, "sha256": sha256, "tokenizer": tokenizer,
-        "hparams": {"n_vocab": hp.n_vocab, "n_ctx": hp.n_ctx, "n_embd": hp.n_embd, "n_head": hp.n_head,
-                    "n_layer": hp.n_layer, "ftype": hp.ftype},
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    manifest = msgspec.convert(fields, Manifest)
+    manifest = Manifest(
+        name=name, file="model.bin", source=Source(repo=repo_id, revision=revision, kind="ggml"), quant=hp.ftype,
+        hparams=HParams(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd, n_head=hp.n_head,
+                        n_layer=hp.n_layer),
+        parameters=parameters, size=size, sha256=sha256, created=utc_now(), tokenizer=tokenizer,
+    )
     write_manifest(staging, manifest)
     return manifest
 

@@ -141,9 +141,10 @@ def _managed_entry(model: Path, name: str) -> ModelEntry:
         return _bare_entry(model, name)
     size = model.stat().st_size
     src = manifest.source
+    origin = f"{src.repo}@{(src.revision or '?')[:7]}" if src.repo else "local"
     return ModelEntry(
         name=name, path=str(model), quant=manifest.quant, size=size,
-        source=f"{src.repo}@{(src.revision or '?')[:7]} ({src.kind})", sha256=manifest.sha256,
+        source=f"{origin} ({src.kind})", sha256=manifest.sha256,
         problem=None if size == manifest.size else f"size {size} differs from the manifest's {manifest.size}",
     )
 
@@ -155,12 +156,10 @@ def _bare_entry(model: Path, name: str) -> ModelEntry:
         quant = read_gpt2(model).hparams.ftype
     except (ValueError, OSError, UnicodeDecodeError) as e:
         quant, problem = "?", _one_line(e).replace(str(model), model.name)
-    digest = hashlib.sha256()
-    with open(model, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+    from service.manifest import file_sha256
+
     return ModelEntry(name=name, path=str(model), quant=quant, size=model.stat().st_size, source=None,
-                      sha256=digest.hexdigest(), problem=problem)
+                      sha256=file_sha256(model), problem=problem)
 
 
 def _one_line(e: BaseException) -> str:
