@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 from litestar.testing import TestClient
@@ -39,7 +40,7 @@ def test_minimal_request_gets_full_response_and_one_log_record(client):
     assert set(body["timings"]) == {"queue_ms", "first_token_ms", "total_ms", "tokens_per_second"}
     assert r.headers["x-request-id"] == body["id"]
     client.__exit__(None, None, None)  # flush the log
-    (record,) = [x for x in read_log(__import__("pathlib").Path(client.log_file)) if x["endpoint"] == "/generate"]
+    (record,) = [x for x in read_log(Path(client.log_file)) if x["endpoint"] == "/generate"]
     assert record["id"] == body["id"]
     assert record["prompt"] == "Hello there!" and record["response"] == body["response"]
     assert record["status"] == "ok" and record["finish_reason"] == body["finish_reason"]
@@ -54,7 +55,7 @@ def test_stream_is_plain_text_with_request_id(client):
         text = b"".join(r.iter_bytes()).decode()
         rid = r.headers["x-request-id"]
     client.__exit__(None, None, None)
-    (record,) = [x for x in read_log(__import__("pathlib").Path(client.log_file)) if x["id"] == rid]
+    (record,) = [x for x in read_log(Path(client.log_file)) if x["id"] == rid]
     assert record["response"] == text and record["endpoint"] == "/generate/stream"
 
 
@@ -111,7 +112,7 @@ def test_context_overflow_is_422_with_both_numbers(client):
 def test_rejected_requests_are_not_logged(client):
     client.post("/generate", json={"prompt": ""})
     client.__exit__(None, None, None)
-    assert read_log(__import__("pathlib").Path(client.log_file)) == []
+    assert read_log(Path(client.log_file)) == []
 
 
 def test_unknown_route_and_method_use_the_error_shape(client):

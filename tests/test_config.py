@@ -1,0 +1,60 @@
+"""Settings from MINIVAULT_* variables, and finding the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.config import Settings, SettingsError, find_model
+
+
+def test_defaults_and_env_are_read():
+    s = Settings.from_env(environ={"MINIVAULT_PORT": "9001", "MINIVAULT_WORKERS": "2", "MINIVAULT_LOG_PROMPTS": "false",
+                                   "MINIVAULT_TIMEOUT_S": "2.5", "OTHER": "x"})
+    assert (s.port, s.workers, s.log_prompts, s.timeout_s) == (9001, 2, False, 2.5)
+    assert s.models_dir == "./models" and s.log_file == "./logs/log.jsonl" and s.max_queue == 16
+
+
+def test_threads_default_to_cores_shared_among_workers(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert Settings(workers=2).threads_per_worker == 4
+    assert Settings(workers=16).threads_per_worker == 1
+    assert Settings(workers=2, threads=3).threads_per_worker == 3
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"MINIVAULT_PORT": "abc"}, "MINIVAULT_PORT='abc' is invalid"),
+        ({"MINIVAULT_PORT": "70000"}, "MINIVAULT_PORT=70000 is invalid"),
+        ({"MINIVAULT_WORKERS": "0"}, "MINIVAULT_WORKERS=0 is invalid"),
+        ({"MINIVAULT_MAX_QUEUE": "-1"}, "MINIVAULT_MAX_QUEUE=-1"),
+        ({"MINIVAULT_TIMEOUT_S": "0"}, "MINIVAULT_TIMEOUT_S=0.0"),
+        ({"MINIVAULT_LOG_PROMPTS": "maybe"}, "MINIVAULT_LOG_PROMPTS='maybe' is invalid"),
+    ],
+)
+def test_invalid_settings_name_the_variable(env, words):
+    with pytest.raises(SettingsError) as exc:
+        Settings.from_env(environ=env)
+    assert words in str(exc.value)
+
+
+def test_settings_are_frozen():
+    with pytest.raises(AttributeError):
+        Settings().port = 1  # type: ignore[misc]
+
+
+def test_find_model_explains_how_to_get_one(tmp_path):
+    with pytest.raises(SettingsError, match="minivault download"):
+        find_model(Settings(models_dir=str(tmp_path)))
+    with pytest.raises(SettingsError, match="no such file.*minivault download"):
+        find_model(Settings(model=str(tmp_path / "missing.bin")))
+
+
+def test_find_model_takes_the_one_model_and_refuses_to_guess(tmp_path):
+    (tmp_path / "gpt2-q4_0").mkdir()
+    (tmp_path / "gpt2-q4_0" / "model.bin").write_bytes(b"x")
+    (tmp_path / ".partial.bin").write_bytes(b"x")  # an unfinished download is never picked
+    assert find_model(Settings(models_dir=str(tmp_path))) == tmp_path / "gpt2-q4_0" / "model.bin"
+    (tmp_path / "other.bin").write_bytes(b"x")
+    with pytest.raises(SettingsError, match="several models.*MINIVAULT_MODEL"):
+        find_model(Settings(models_dir=str(tmp_path)))
