@@ -293,11 +293,12 @@ def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: 
         hp = ggml.hparams
         say(f"{candidate}: GGML gpt2, {hp.ftype}, {hp.n_layer} layers, n_embd {hp.n_embd}, vocab {hp.n_vocab}")
         if hp.ftype != quant:
-            say(f"note: {repo_id} ships a ready {hp.ftype} file; --quant only applies to converted checkpoints")
+            say(f"note: {repo_id} ships a ready {hp.ftype} GGML file, installed as is "
+                "(--quant applies to converted checkpoints)")
         size, sha256 = copy_hashed(path, staging / "model.bin")
         tokenizer = _copy_tokenizer(folder, plan.tokenizer, staging)
         if tokenizer is None:
-            say(f"note: {repo_id} has no tokenizer files; the server will fall back to ctransformers' tokenizer")
+            say(f"note: no tokenizer.json for {name}; the server will fall back to ctransformers' tokenizer")
         parameters = sum(int(_prod(t.shape)) for t in ggml.tensors.values())
         return _write_ggml_manifest(staging, name=name, repo_id=repo_id, revision=_commit_of(folder, listing), hp=hp,
                                     parameters=parameters, size=size, sha256=sha256, tokenizer=tokenizer)
@@ -325,20 +326,19 @@ def _write_ggml_manifest(staging: Path, *, name, repo_id, revision, hp, paramete
 
 
 def _copy_tokenizer(folder: Path, files: list[str], staging: Path) -> str | None:
-    """Put tokenizer.json into `staging` (copied, or built from vocab.json + merges.txt)."""
-    if files == ["tokenizer.json"]:
-        copy_hashed(folder / "tokenizer.json", staging / "tokenizer.json")
-        return "tokenizer.json"
-    if files == ["vocab.json", "merges.txt"]:
-        from service.convert import tokenizer_json
+    """Install tokenizer.json (copied, or built from vocab.json + merges.txt) if the repo has a usable one."""
+    if not files:
+        return None
+    # The converter's checks and its vocab.json + merges.txt -> tokenizer.json builder.
+    from service.convert import _tokenizer
 
-        data = tokenizer_json(folder / "vocab.json", folder / "merges.txt")
-        write_atomic(staging / "tokenizer.json", json.dumps(data, ensure_ascii=False).encode())
-        return "tokenizer.json"
-    return None
-
-
-# --- small helpers --------------------------------------------------------------------------
+    try:
+        data = _tokenizer(folder)[0]
+    except (ValueError, OSError) as e:
+        say(f"note: skipping the repo's tokenizer: {one_line(e)}")
+        return None
+    write_atomic(staging / "tokenizer.json", data)
+    return "tokenizer.json"
 
 
 def _read_json(path: Path) -> object:

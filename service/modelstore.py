@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 
 import msgspec
@@ -37,7 +37,16 @@ def staging(models_dir: Path, name: str) -> Path:
     root = models_dir / PARTIAL_DIR
     root.mkdir(parents=True, exist_ok=True)
     _sweep(root)
-    return Path(tempfile.mkdtemp(prefix=f"{name}.{os.getpid()}.", dir=root))
+    work = _unique(root, name)
+    work.mkdir()  # not mkdtemp: its 0700 mode would hide the model from a service running as another user
+    return work
+
+
+def _unique(root: Path, name: str) -> Path:
+    """A fresh path root/<name>.<pid>.<random>, the pattern the sweep recognises."""
+    while (path := root / f"{name}.{os.getpid()}.{secrets.token_hex(4)}").exists():
+        pass
+    return path
 
 
 def _sweep(root: Path) -> None:
@@ -66,8 +75,7 @@ def install(staging: Path, final: Path) -> None:
     _fsync_dir(staging)
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{final.name}.{os.getpid()}.", dir=staging.parent))
-        os.rmdir(old)
+        old = _unique(staging.parent, final.name)
         os.rename(final, old)
     os.rename(staging, final)
     _fsync_dir(final.parent)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -359,10 +360,13 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is None:
             self.wfile.write(data)
             return
-        self.wfile.write(data[: fault.after])
-        self.wfile.flush()
-        if fault.kind == "stall":
-            self.hub.stalled.set()
-            self.hub._release.wait()
         self.close_connection = True
-        self.connection.shutdown(2)  # SHUT_RDWR: the client sees the body end early
+        try:
+            self.wfile.write(data[: fault.after])
+            self.wfile.flush()
+            if fault.kind == "stall":
+                self.hub.stalled.set()
+                self.hub._release.wait()
+            self.connection.shutdown(socket.SHUT_RDWR)  # the client sees the body end early
+        except OSError:  # the client is gone already (a killed download)
+            pass
