@@ -50,7 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         """Threads each model instance uses: the setting, or the cores shared among workers."""
         if self.threads:
             return self.threads
-        return max(1, (os.cpu_count() or 1) // self.workers)
+        return max(1, available_cores() // self.workers)
 
     @classmethod
     def from_env(
@@ -85,6 +85,14 @@ def _explain(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
         rule = rule.replace("`int`", "an integer").replace("`float`", "a number").replace("`bool`", "true or false")
         return f"{PREFIX}{field.upper()}={raw.get(field)!r} is invalid: {rule.lower()}"
     return text
+
+
+def available_cores() -> int:
+    """Cores this process may run on (respects CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def find_model(settings: Settings) -> Path:

@@ -15,7 +15,7 @@ def test_defaults_and_env_are_read():
 
 
 def test_threads_default_to_cores_shared_among_workers(monkeypatch):
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    monkeypatch.setattr("service.config.available_cores", lambda: 8)
     assert Settings(workers=2).threads_per_worker == 4
     assert Settings(workers=16).threads_per_worker == 1
     assert Settings(workers=2, threads=3).threads_per_worker == 3
