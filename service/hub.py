@@ -36,6 +36,8 @@ _NOT_GGML = ("pytorch_model", "training_args", "optimizer", "scheduler", "rng_st
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf",
                     ".ggml", ".pkl")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+SHARD_INDEX = "model.safetensors.index.json"
+_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
 class _Refused(HubError):
@@ -219,6 +221,9 @@ def _plan(hub: Hub, repo_id: str, listing: Listing, quant: str) -> _Plan:
         model_type = config.get("model_type") if isinstance(config, dict) else None
         if model_type == "gpt2" and "model.safetensors" in files:
             return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files], [])
+        if model_type == "gpt2" and SHARD_INDEX in files:
+            shards = sorted(f for f in files if _SHARD.fullmatch(f))
+            return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files] + [SHARD_INDEX, *shards], [])
     candidates = _ggml_candidates(files, quant)
     if candidates:
         tokenizer = ["tokenizer.json"] if "tokenizer.json" in files else (
@@ -246,11 +251,11 @@ def _refusal(repo_id: str, files: set[str], model_type: str | None) -> str:
         hint = f"model_type {model_type!r} is not GPT-2"
     elif any(f.endswith(".gguf") for f in weights):
         hint = "GGUF is not supported, only the older GGML gpt2 format"
-    elif any(f.endswith(".safetensors") for f in weights) and "model.safetensors" not in files:
-        hint = "only a single model.safetensors is supported (no sharded or renamed checkpoints)"
+    elif any(f.endswith(".safetensors") for f in weights) and not {"model.safetensors", SHARD_INDEX} & files:
+        hint = f"the weights must be model.safetensors (or shards listed in {SHARD_INDEX})"
     elif any(f.rsplit("/", 1)[-1].startswith("pytorch_model") for f in weights):
         hint = "pytorch_model.bin is a pickle and is never loaded; convert it to model.safetensors first"
-    elif "model.safetensors" in files:
+    elif {"model.safetensors", SHARD_INDEX} & files:
         hint = "model.safetensors needs a config.json with model_type gpt2 beside it"
     else:
         hint = "nothing here is a model MiniVault can run"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ import msgspec
 from service.ggml.format import read_gpt2
 
 PARTIAL_DIR = ".partial"
+# <name>.<pid>.<random>, or the converter's .<that>.<random>.partial working folder beside it
+_WORK_NAME = re.compile(r"\.?.+\.(?P<pid>\d+)\.[0-9a-f]{8}(\.[0-9a-f]{8}\.partial)?")
 
 
 class ModelEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,8 +57,8 @@ def _sweep(root: Path) -> None:
     if os.name != "posix":  # os.kill(pid, 0) is only a liveness probe on POSIX
         return
     for entry in root.iterdir():
-        parts = entry.name.rsplit(".", 2)
-        if len(parts) == 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+        match = _WORK_NAME.fullmatch(entry.name)
+        if match and not _alive(int(match["pid"])):
             shutil.rmtree(entry, ignore_errors=True)
 
 

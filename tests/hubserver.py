@@ -245,7 +245,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "/tree/" in rest:
             repo_id, tail = rest.split("/tree/", 1)
             rev, _, sub = tail.partition("/")
-            self._tree(unquote(repo_id), unquote(rev), unquote(sub), query.get("recursive", ["false"])[0].lower() == "true")
+            recursive = query.get("recursive", ["false"])[0].lower() == "true"
+            self._tree(unquote(repo_id), unquote(rev), unquote(sub), recursive)
             return
         repo_id, _, rev = rest.partition("/revision/")
         repo = self._repo(unquote(repo_id))
@@ -309,7 +310,8 @@ class _Handler(BaseHTTPRequestHandler):
         filename = unquote(filename)
         commit_header = {"X-Repo-Commit": sha}
         if not self._authorized(repo):
-            message = f"Access to model {repo.repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in."
+            message = (f"Access to model {repo.repo_id} is restricted. You must have access to it and be "
+                       "authenticated to access it. Please log in.")
             self._error(401, "GatedRepo", message, commit_header)
             return
         blob = repo.commits[sha].get(filename)

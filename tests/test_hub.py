@@ -85,9 +85,12 @@ def _byte_chars() -> list[str]:
     return [chars[b] for b in keep] + [chars[b] for b in range(256) if b not in keep]
 
 
-def checkpoint_files(n_embd: int = 32, n_layer: int = 2, n_ctx: int = 64, model_type: str = "gpt2",
-                     tmp: Path | None = None) -> dict[str, bytes]:
-    """config.json, model.safetensors, vocab.json, merges.txt of a random-weight GPT-2."""
+def checkpoint_files(tmp: Path, *, n_embd: int = 32, n_layer: int = 2, n_ctx: int = 64,
+                     shards: int = 1) -> dict[str, bytes]:
+    """A random-weight GPT-2 in Hugging Face layout (written via `tmp`), with a pickle and a README.
+
+    With `shards` > 1 the weights are model-0000i-of-0000n.safetensors + their index.
+    """
     vocab = {c: i for i, c in enumerate(_byte_chars())}
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
     for m in merges:
@@ -111,14 +114,24 @@ def checkpoint_files(n_embd: int = 32, n_layer: int = 2, n_ctx: int = 64, model_
             p + "mlp.c_fc.weight": w(e, 4 * e), p + "mlp.c_fc.bias": np.zeros(4 * e, np.float32),
             p + "mlp.c_proj.weight": w(4 * e, e), p + "mlp.c_proj.bias": np.zeros(e, np.float32),
         }
-    config = {"model_type": model_type, "architectures": ["GPT2LMHeadModel"], "vocab_size": n_vocab,
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": n_vocab,
               "n_positions": n_ctx, "n_ctx": n_ctx, "n_embd": e, "n_head": 4, "n_layer": n_layer,
               "layer_norm_epsilon": 1e-5, "bos_token_id": n_vocab - 1, "eos_token_id": n_vocab - 1}
-    assert tmp is not None
-    save_file(tensors, str(tmp / "model.safetensors"))
-    return {
+    files = {}
+    if shards == 1:
+        save_file(tensors, str(tmp / "model.safetensors"))
+        files["model.safetensors"] = (tmp / "model.safetensors").read_bytes()
+    else:
+        weight_map = {}
+        for i in range(shards):
+            shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+            part = {k: v for j, (k, v) in enumerate(sorted(tensors.items())) if j % shards == i}
+            save_file(part, str(tmp / shard))
+            files[shard] = (tmp / shard).read_bytes()
+            weight_map |= dict.fromkeys(part, shard)
+        files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+    return files | {
         "config.json": json.dumps(config).encode(),
-        "model.safetensors": (tmp / "model.safetensors").read_bytes(),
         "vocab.json": json.dumps(vocab, ensure_ascii=False).encode(),
         "merges.txt": ("#version: 0.2\n" + "\n".join(merges) + "\n").encode(),
         "README.md": b"# tiny gpt2\n",
@@ -154,7 +167,7 @@ def test_ggml_repo_is_installed_as_is_and_loads(hub, models, ggml_bytes, capsys)
 
 
 def test_ggml_repo_tokenizer_is_built_from_vocab_and_merges(hub, models, ggml_bytes, tmp_path):
-    files = checkpoint_files(tmp=tmp_path)
+    files = checkpoint_files(tmp_path)
     hub.add_repo("someone/gpt2-ggml", {"ggml-model.bin": ggml_bytes, "vocab.json": files["vocab.json"],
                                        "merges.txt": files["merges.txt"]})
     model = download("someone/gpt2-ggml", models_dir=models)
@@ -197,10 +210,11 @@ def test_ggml_repo_where_no_bin_is_ggml_is_refused(hub, models):
          ["'llama'", "not GPT-2"]),
         ({"README.md": "# nothing"}, ["no weight files", "README.md"]),
         ({"config.json": '{"model_type": "gpt2"}', "model.gguf": b"GGUF"}, ["model.gguf", "GGUF"]),
-        ({"config.json": '{"model_type": "gpt2"}', "model-00001-of-00002.safetensors": b"{}",
-          "model.safetensors.index.json": "{}"}, ["sharded"]),
+        ({"config.json": '{"model_type": "gpt2"}', "weights.safetensors": b"{}"}, ["weights.safetensors",
+                                                                                 "must be model.safetensors"]),
+        ({"model.safetensors": b"{}"}, ["needs a config.json"]),
     ],
-    ids=["pickle-only", "wrong-model-type", "no-weights", "gguf", "sharded"],
+    ids=["pickle-only", "wrong-model-type", "no-weights", "gguf", "renamed-weights", "no-config"],
 )
 def test_unusable_repos_are_refused_before_big_downloads(hub, models, files, expect):
     hub.add_repo("someone/unusable", files)
@@ -218,7 +232,7 @@ def test_unusable_repos_are_refused_before_big_downloads(hub, models, files, exp
 
 
 def test_safetensors_checkpoint_is_converted_and_loads(hub, models, tmp_path, capsys):
-    files = checkpoint_files(tmp=tmp_path)
+    files = checkpoint_files(tmp_path)
     sha = hub.add_repo("distilgpt2", files)
     model = download(models_dir=models)  # the default repo and quant
 
@@ -233,8 +247,16 @@ def test_safetensors_checkpoint_is_converted_and_loads(hub, models, tmp_path, ca
     assert isinstance(_generate(model), str)
 
 
+def test_sharded_checkpoint_is_fetched_whole(hub, models, tmp_path):
+    files = checkpoint_files(tmp_path, shards=2)
+    hub.add_repo("someone/sharded-gpt2", files)
+    model = download("someone/sharded-gpt2", models_dir=models, quant="q8_0")
+    assert read_gpt2(model).hparams.ftype == "q8_0"
+    assert hub.downloads("model-00001-of-00002.safetensors") == hub.downloads("model-00002-of-00002.safetensors") == 1
+
+
 def test_repo_names_are_lowercased_and_quant_suffixed(hub, models, tmp_path):
-    hub.add_repo("Org/Tiny-GPT2", checkpoint_files(tmp=tmp_path))
+    hub.add_repo("Org/Tiny-GPT2", checkpoint_files(tmp_path))
     model = download("Org/Tiny-GPT2", models_dir=models, quant="f16")
     assert model == models / "tiny-gpt2-f16" / "model.bin"
     assert read_gpt2(model).hparams.ftype == "f16"
@@ -356,7 +378,7 @@ def test_revision_is_honoured(hub, models, ggml_bytes, tmp_path):
 
 
 def test_offline_mode_uses_the_prefilled_cache(hub, models, tmp_path, ggml_bytes, monkeypatch):
-    files = checkpoint_files(tmp=tmp_path)
+    files = checkpoint_files(tmp_path)
     hub.add_repo("marella/gpt-2-ggml", {"ggml-model.bin": ggml_bytes, "vocab.json": files["vocab.json"],
                                         "merges.txt": files["merges.txt"]})
     hub.add_repo("distilgpt2", files)
@@ -394,6 +416,16 @@ def test_unreachable_hub_is_one_clear_line(hub, models, ggml_bytes, monkeypatch)
     model = download("marella/gpt-2-ggml", models_dir=models / "again")
     assert model.read_bytes() == ggml_bytes
     assert download("marella/gpt-2-ggml", models_dir=models) == models / "gpt-2-ggml" / "model.bin"
+
+
+def test_unreachable_hub_with_part_of_a_repo_cached(hub, models, monkeypatch):
+    hub.add_repo("someone/unusable", {"config.json": '{"model_type": "gpt2"}', "pytorch_model.bin": b"PK"})
+    with pytest.raises(HubError, match="pickle"):
+        download("someone/unusable", models_dir=models)  # leaves config.json in the cache
+    monkeypatch.setenv("HF_ENDPOINT", _closed_port_url())
+    with pytest.raises(HubError) as err:
+        download("someone/unusable", models_dir=models)
+    assert "the local cache holds only part of someone/unusable@main (config.json)" in str(err.value)
 
 
 # --- interrupted downloads --------------------------------------------------------------------
@@ -442,6 +474,20 @@ def test_killed_download_leaves_no_model_and_rerun_cleans_up(hub, models, ggml_b
     model = download("marella/gpt-2-ggml", models_dir=models)
     assert model.read_bytes() == ggml_bytes
     assert list((models / ".partial").iterdir()) == []  # the dead process's folder is swept
+
+
+def test_work_folders_of_dead_processes_are_swept(hub, models, ggml_bytes):
+    hub.add_repo("marella/gpt-2-ggml", {"ggml-model.bin": ggml_bytes})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    partial = models / ".partial"
+    left = [f"gpt-2-ggml.{dead}.0123abcd", f".gpt-2-ggml.{dead}.0123abcd.89abcdef.partial",
+            f"gpt-2-ggml.{os.getpid()}.fedc4321"]  # the last belongs to a live process
+    for name in left:
+        (partial / name).mkdir(parents=True)
+        make_tiny_gpt2(partial / name / "model.bin", n_ctx=64)
+    download("marella/gpt-2-ggml", models_dir=models)
+    assert [p.name for p in partial.iterdir()] == [left[2]]
 
 
 # --- minivault models -------------------------------------------------------------------------
