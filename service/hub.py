@@ -17,10 +17,13 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+from service import convert
 from service.ggml.format import FTYPES, read_gpt2
 from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
-from service.modelstore import ModelEntry, copy_hashed, install, list_models, staging, write_atomic
+from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
+from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder, write_atomic
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]
 
@@ -36,7 +39,7 @@ _NOT_GGML = ("pytorch_model", "training_args", "optimizer", "scheduler", "rng_st
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf",
                     ".ggml", ".pkl")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-SHARD_INDEX = "model.safetensors.index.json"
+_SHARD_INDEX = "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
 
 
@@ -83,15 +86,16 @@ def download(
     models_dir = Path(models_dir)
     hub = Hub.from_env()
     installed = None if force else _installed(models_dir, repo_id, quant)
-    if installed and revision and _same_revision(revision, installed[1].source.revision) \
-            and _fits(installed[1], quant, None):
-        return _keep(*installed)
+    if installed and revision and _same_revision(revision, installed.manifest.source.revision) \
+            and _fits(installed.manifest, quant, None):
+        return _keep(installed)
 
     listing = _resolve(hub, repo_id, revision, keep_if_unreachable=installed is not None and revision is None)
     if listing is None:
-        return _keep(*installed)
-    if installed and listing.commit == installed[1].source.revision and _fits(installed[1], quant, listing.files):
-        return _keep(*installed)
+        return _keep(installed)
+    if installed and listing.commit == installed.manifest.source.revision \
+            and _fits(installed.manifest, quant, listing.files):
+        return _keep(installed)
     try:
         plan = _plan(hub, repo_id, listing, quant)
     except _Refused:
@@ -104,7 +108,7 @@ def download(
     name = f"{base.lower()}-{quant}" if plan.kind == "checkpoint" else base
     final = models_dir / name
     _check_target(final, repo_id, force)
-    work = staging(models_dir, name)
+    work = work_folder(models_dir, name)
     try:
         if plan.kind == "checkpoint":
             manifest = _fetch_checkpoint(hub, repo_id, listing, plan, work, name, quant)
@@ -145,10 +149,13 @@ def _same_revision(asked: str, recorded: str | None) -> bool:
     return bool(recorded) and (asked == recorded or (len(asked) >= 7 and recorded.startswith(asked)))
 
 
-def _installed(models_dir: Path, repo_id: str, quant: str):
-    """(model path, manifest) of a verified install of `repo_id` at `quant`, or None."""
-    from service.manifest import read_manifest, verify
+class _Installed(NamedTuple):
+    model: Path
+    manifest: Manifest
 
+
+def _installed(models_dir: Path, repo_id: str, quant: str) -> _Installed | None:
+    """A verified install of `repo_id` at `quant` (or a GGML install of it), or None."""
     base = repo_id.rsplit("/", 1)[-1]
     for name in (f"{base.lower()}-{quant}", base):
         model = models_dir / name / "model.bin"
@@ -167,11 +174,11 @@ def _installed(models_dir: Path, repo_id: str, quant: str):
         except (OSError, ValueError) as e:
             say(f"{model} no longer matches its manifest ({one_line(e)}); installing again")
             return None
-        return model, manifest
+        return _Installed(model, manifest)
     return None
 
 
-def _fits(manifest, quant: str, files: list[str] | None) -> bool:
+def _fits(manifest: Manifest, quant: str, files: list[str] | None) -> bool:
     """Whether an install answers a request for `quant`.
 
     A GGML file is installed at whatever quant the repo ships, so another quant only
@@ -182,8 +189,9 @@ def _fits(manifest, quant: str, files: list[str] | None) -> bool:
     return files is not None and not any(quant in f.lower() for f in _ggml_candidates(set(files), quant))
 
 
-def _keep(model: Path, manifest) -> Path:
+def _keep(installed: _Installed) -> Path:
     """Say the model is already there and return its path."""
+    model, manifest = installed
     rev = (manifest.source.revision or "?")[:7]
     say(f"{model.parent.name} is already installed ({model}, {manifest.source.repo}@{rev}, {manifest.quant}); "
         "nothing to do (--force reinstalls)")
@@ -196,8 +204,6 @@ def _check_target(final: Path, repo_id: str, force: bool) -> None:
         return
     if not final.is_dir():
         raise HubError(f"{final} exists and is not a model folder; move it away or pass --force")
-    from service.manifest import read_manifest
-
     try:
         manifest = read_manifest(final / "model.bin")
     except (OSError, ValueError):
@@ -221,9 +227,9 @@ def _plan(hub: Hub, repo_id: str, listing: Listing, quant: str) -> _Plan:
         model_type = config.get("model_type") if isinstance(config, dict) else None
         if model_type == "gpt2" and "model.safetensors" in files:
             return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files], [])
-        if model_type == "gpt2" and SHARD_INDEX in files:
+        if model_type == "gpt2" and _SHARD_INDEX in files:
             shards = sorted(f for f in files if _SHARD.fullmatch(f))
-            return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files] + [SHARD_INDEX, *shards], [])
+            return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files] + [_SHARD_INDEX, *shards], [])
     candidates = _ggml_candidates(files, quant)
     if candidates:
         tokenizer = ["tokenizer.json"] if "tokenizer.json" in files else (
@@ -251,11 +257,11 @@ def _refusal(repo_id: str, files: set[str], model_type: str | None) -> str:
         hint = f"model_type {model_type!r} is not GPT-2"
     elif any(f.endswith(".gguf") for f in weights):
         hint = "GGUF is not supported, only the older GGML gpt2 format"
-    elif any(f.endswith(".safetensors") for f in weights) and not {"model.safetensors", SHARD_INDEX} & files:
-        hint = f"the weights must be model.safetensors (or shards listed in {SHARD_INDEX})"
+    elif any(f.endswith(".safetensors") for f in weights) and not {"model.safetensors", _SHARD_INDEX} & files:
+        hint = f"the weights must be model.safetensors (or shards listed in {_SHARD_INDEX})"
     elif any(f.rsplit("/", 1)[-1].startswith("pytorch_model") for f in weights):
         hint = "pytorch_model.bin is a pickle and is never loaded; convert it to model.safetensors first"
-    elif {"model.safetensors", SHARD_INDEX} & files:
+    elif {"model.safetensors", _SHARD_INDEX} & files:
         hint = "model.safetensors needs a config.json with model_type gpt2 beside it"
     else:
         hint = "nothing here is a model MiniVault can run"
@@ -268,13 +274,11 @@ def _refusal(repo_id: str, files: set[str], model_type: str | None) -> str:
 def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: Path, name: str,
                       quant: str):
     """Download the checkpoint's files and convert them into `staging`."""
-    from service.convert import convert_checkpoint
-
     say(f"{repo_id}@{listing.commit[:7]} is a GPT-2 safetensors checkpoint; fetching {', '.join(plan.files)}")
     folder = hub.snapshot(repo_id, listing, plan.files)
     say(f"Converting to GGML {quant} into {name}")
     try:
-        return convert_checkpoint(folder, staging, quant, name=name, source_repo=repo_id,
+        return convert.convert_checkpoint(folder, staging, quant, name=name, source_repo=repo_id,
                                   revision=_commit_of(folder, listing))
     except ValueError as e:
         raise HubError(f"{repo_id}: conversion failed: {one_line(e)}") from None
@@ -318,8 +322,6 @@ def _commit_of(folder: Path, listing: Listing) -> str:
 
 def _write_ggml_manifest(staging: Path, *, name, repo_id, revision, hp, parameters, size, sha256, tokenizer):
     """Write the manifest of a GGML file installed as is."""
-    from service.manifest import HParams, Manifest, Source, utc_now, write_manifest
-
     manifest = Manifest(
         name=name, file="model.bin", source=Source(repo=repo_id, revision=revision, kind="ggml"), quant=hp.ftype,
         hparams=HParams(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd, n_head=hp.n_head,
@@ -334,11 +336,9 @@ def _copy_tokenizer(folder: Path, files: list[str], staging: Path) -> str | None
     """Install tokenizer.json (copied, or built from vocab.json + merges.txt) if the repo has a usable one."""
     if not files:
         return None
-    # The converter's checks and its vocab.json + merges.txt -> tokenizer.json builder.
-    from service.convert import _tokenizer
-
     try:
-        data = _tokenizer(folder)[0]
+        # the converter's checks, and its vocab.json + merges.txt -> tokenizer.json builder
+        data = convert._tokenizer(folder)[0]
     except (ValueError, OSError) as e:
         say(f"note: skipping the repo's tokenizer: {one_line(e)}")
         return None

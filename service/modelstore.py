@@ -17,6 +17,7 @@ from pathlib import Path
 import msgspec
 
 from service.ggml.format import read_gpt2
+from service.manifest import file_sha256, read_manifest
 
 PARTIAL_DIR = ".partial"
 # <name>.<pid>.<random>, or the converter's .<that>.<random>.partial working folder beside it
@@ -35,7 +36,7 @@ class ModelEntry(msgspec.Struct, frozen=True, kw_only=True):
     problem: str | None = None  # why it may not load, when something looks wrong
 
 
-def staging(models_dir: Path, name: str) -> Path:
+def work_folder(models_dir: Path, name: str) -> Path:
     """A fresh folder under models/.partial/, after sweeping ones left by dead processes."""
     root = models_dir / PARTIAL_DIR
     root.mkdir(parents=True, exist_ok=True)
@@ -73,14 +74,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def install(staging: Path, final: Path) -> None:
+def install(work: Path, final: Path) -> None:
     """Rename the finished folder into place, moving any previous one aside first."""
-    _fsync_dir(staging)
+    _fsync_dir(work)
     old = None
     if final.exists():
-        old = _unique(staging.parent, final.name)
+        old = _unique(work.parent, final.name)
         os.rename(final, old)
-    os.rename(staging, final)
+    os.rename(work, final)
     _fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -141,8 +142,6 @@ def list_models(models_dir: str | os.PathLike[str]) -> list[ModelEntry]:
 
 def _managed_entry(model: Path, name: str) -> ModelEntry:
     """A models/<name>/model.bin entry, from its manifest when it has one."""
-    from service.manifest import read_manifest
-
     try:
         manifest = read_manifest(model)
     except (OSError, ValueError, msgspec.MsgspecError) as e:
@@ -167,8 +166,6 @@ def _bare_entry(model: Path, name: str) -> ModelEntry:
         quant = read_gpt2(model).hparams.ftype
     except (ValueError, OSError, UnicodeDecodeError) as e:
         quant, problem = "?", _one_line(e).replace(str(model), model.name)
-    from service.manifest import file_sha256
-
     return ModelEntry(name=name, path=str(model), quant=quant, size=model.stat().st_size, source=None,
                       sha256=file_sha256(model), problem=problem)
 
