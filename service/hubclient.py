@@ -156,6 +156,9 @@ def _hub_errors(hub: Hub, repo_id: str, listing: Listing) -> Iterator[None]:
         status = getattr(getattr(e, "response", None), "status_code", None) or 0
         if status >= 500 and not listing.commit:  # Hub down while resolving: the cache may do
             raise _NetworkDown(f"HTTP {status}") from None
+        if status in (401, 403):  # e.g. an expired token, even for a public repo
+            raise HubError(f"the Hub at {hub.endpoint} refused access to {repo_id} (HTTP {status}); "
+                           "check the token in HF_TOKEN or your saved login") from None
         raise HubError(f"the Hub at {hub.endpoint} answered HTTP {status} for {repo_id}@{rev}; "
                        "try again later") from None
     except _NETWORK_ERRORS as e:

@@ -73,6 +73,7 @@ class HubServer:
         self.repos: dict[str, Repo] = {}
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, authorization)
         self.faults: dict[str, list[Fault]] = {}
+        self.tokens: set[str] = set()  # valid tokens besides those of gated repos; others get a 401
         self.stalled = threading.Event()  # set when a stalled download has sent its bytes
         self._release = threading.Event()
         self._lock = threading.Lock()
@@ -216,6 +217,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return None
 
+    def _known(self, token: str) -> bool:
+        """Whether a token exists at all (an unknown one is refused everywhere, as on the Hub)."""
+        return token in self.hub.tokens or any(token in repo.tokens for repo in self.hub.repos.values())
+
     def _authorized(self, repo: Repo) -> bool:
         auth = self.headers.get("authorization") or ""
         return not repo.gated or auth.removeprefix("Bearer ") in repo.tokens
@@ -231,7 +236,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self) -> None:
         split = urlsplit(self.path)
         path = split.path
-        self.hub.requests.append((self.command, path, self.headers.get("authorization")))
+        auth = self.headers.get("authorization")
+        self.hub.requests.append((self.command, path, auth))
+        if auth and not path.startswith("/cdn/") and not self._known(auth.removeprefix("Bearer ")):
+            self._error(401, None, "Invalid credentials in Authorization header")
+            return
         if path.startswith("/api/models/"):
             self._api(path.removeprefix("/api/models/"), parse_qs(split.query))
         elif path.startswith("/cdn/"):
@@ -312,7 +321,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._authorized(repo):
             message = (f"Access to model {repo.repo_id} is restricted. You must have access to it and be "
                        "authenticated to access it. Please log in.")
-            self._error(401, "GatedRepo", message, commit_header)
+            status = 403 if self.headers.get("authorization") else 401  # signed in but not granted: 403
+            self._error(status, "GatedRepo", message, commit_header)
             return
         blob = repo.commits[sha].get(filename)
         if blob is None:

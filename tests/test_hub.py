@@ -353,8 +353,13 @@ def test_gated_repo_needs_a_token(hub, models, ggml_bytes, monkeypatch):
     assert "gated" in str(err.value) and "HF_TOKEN" in str(err.value) and "\n" not in str(err.value)
     assert list_models(models) == []
 
-    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    hub.tokens.add("hf_other_account")
+    monkeypatch.setenv("HF_TOKEN", "hf_other_account")
     with pytest.raises(HubError, match="token in HF_TOKEN has no access"):
+        download("corp/gated-gpt2", models_dir=models)
+
+    monkeypatch.setenv("HF_TOKEN", "hf_expired")
+    with pytest.raises(HubError, match=r"refused access to corp/gated-gpt2 \(HTTP 401\); check the token"):
         download("corp/gated-gpt2", models_dir=models)
 
     monkeypatch.setenv("HF_TOKEN", "hf_good")
