@@ -1,0 +1,376 @@
+"""The `minivault` command: talk to a server, run one, and manage the models dir.
+
+Heavy libraries (litestar, uvicorn, ctransformers, huggingface_hub, numpy) and httpx are
+imported inside the commands that need them, so `minivault --help` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+EXIT_TABLE = """\
+\b
+Exit codes:
+  0    success
+  1    other failure (download, conversion, connection cut mid-response)
+  2    bad usage or settings
+  3    server unreachable
+  4    request rejected (4xx; the server's message is shown)
+  5    server busy or not ready (429/503; with the Retry-After hint)
+  6    server error (5xx)
+  130  interrupted (Ctrl-C)
+"""
+
+app = typer.Typer(
+    name="minivault",
+    help="MiniVault: a small self-hosted text-generation service (quantised GPT-2 on the CPU).",
+    epilog=EXIT_TABLE,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# --- shared options -----------------------------------------------------------------------
+
+Url = Annotated[str, typer.Option(envvar="MINIVAULT_URL", help="Server base URL.")]
+Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the server's answer.")]
+MaxNewTokens = Annotated[Optional[int], typer.Option(help="Tokens to generate at most (server default 128).")]
+Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature; 0 is greedy (default 0.8).")]
+TopK = Annotated[Optional[int], typer.Option(help="Sample from the k likeliest tokens; 0 is off (default 40).")]
+TopP = Annotated[Optional[float], typer.Option(help="Nucleus sampling mass (default 0.95).")]
+RepetitionPenalty = Annotated[Optional[float], typer.Option(help="Penalty on repeated tokens; 1 is off (default 1.1).")]
+Seed = Annotated[Optional[int], typer.Option(help="Seed: same seed and parameters give the same text.")]
+Stop = Annotated[Optional[list[str]], typer.Option(metavar="TEXT", help="A string that ends generation (repeat up to 4 times).")]
+Prompt = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to continue; '-' reads it from stdin.")]
+ModelsDir = Annotated[Path, typer.Option(envvar="MINIVAULT_MODELS_DIR", help="The models dir.")]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _say(message: str) -> None:
+    """One line on stderr, prefixed with the program name."""
+    print(f"minivault: {message}", file=sys.stderr, flush=True)
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    _say(message)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _reporting() -> Iterator[None]:
+    """Turn the expected failures into one stderr line and the documented exit code."""
+    from service.client import INTERRUPTED, ClientError
+
+    try:
+        yield
+    except ClientError as exc:
+        raise _fail(exc.message, exc.code) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted", INTERRUPTED) from None
+    except BrokenPipeError:
+        _silence_stdout()  # the reader went away (e.g. `| head`): nothing more to say
+        raise typer.Exit(1) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush can't fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _prompt_text(prompt: str) -> str:
+    if prompt == "-":
+        return sys.stdin.read()
+    return prompt
+
+
+def _body(prompt: str, **params) -> dict:
+    from service.client import generation_body
+
+    return generation_body(_prompt_text(prompt), **params)
+
+
+# --- client commands ----------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    prompt: Prompt,
+    url: Url = DEFAULT_URL,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repetition_penalty: RepetitionPenalty = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON response.")] = False,
+    timeout: Timeout = 300.0,
+) -> None:
+    """Generate a completion and print it when done."""
+    from service.client import Client
+
+    with _reporting():
+        body = _body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                     repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+        with Client(url, timeout) as client:
+            result = client.generate(body)
+        if as_json:
+            print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
+        else:
+            print(result.get("response", ""), flush=True)
+            if result.get("finish_reason") == "timeout":
+                _say("the generation hit the server's time limit; the text above is cut short")
+
+
+@app.command()
+def stream(
+    prompt: Prompt,
+    url: Url = DEFAULT_URL,
+    max_new_tokens: MaxNewTokens = None,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repetition_penalty: RepetitionPenalty = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    timeout: Timeout = 300.0,
+) -> None:
+    """Print the completion token by token, as it is produced.
+
+    Ctrl-C closes the connection, which cancels the generation on the server.
+    """
+    from service.client import Client
+
+    out = sys.stdout
+    wrote = False
+    try:
+        with _reporting():
+            body = _body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+            # closing(): on Ctrl-C the generator exits its `with`, closing the connection at once
+            with Client(url, timeout) as client, closing(client.stream(body)) as chunks:
+                for chunk in chunks:
+                    out.write(chunk)
+                    out.flush()
+                    wrote = True
+    finally:
+        if wrote:
+            try:
+                out.write("\n")
+                out.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on [env MINIVAULT_HOST; 127.0.0.1].")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port [env MINIVAULT_PORT; 8000].")] = None,
+    model: Annotated[Optional[str], typer.Option(help="GGML model file [env MINIVAULT_MODEL; the one in the models dir].")] = None,
+    models_dir: Annotated[Optional[str], typer.Option(help="Models dir [env MINIVAULT_MODELS_DIR; ./models].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Model instances generating at once [env MINIVAULT_WORKERS; 1].")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Threads per instance; 0 = cores / workers [env MINIVAULT_THREADS].")] = None,
+    max_queue: Annotated[Optional[int], typer.Option(help="Requests waiting beyond the workers before 429 [env MINIVAULT_MAX_QUEUE; 16].")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds one generation may run [env MINIVAULT_TIMEOUT_S; 120].")] = None,
+    drain: Annotated[Optional[float], typer.Option(help="Seconds to let running generations finish on SIGTERM [env MINIVAULT_DRAIN_S; 30].")] = None,
+    log_file: Annotated[Optional[str], typer.Option(help="JSONL request log [env MINIVAULT_LOG_FILE; ./logs/log.jsonl].")] = None,
+    log_prompts: Annotated[Optional[bool], typer.Option("--log-prompts/--no-log-prompts", help="Record prompts and responses in the log [env MINIVAULT_LOG_PROMPTS; on].")] = None,
+) -> None:
+    """Run the HTTP server.
+
+    Flags override the MINIVAULT_* environment. On SIGINT/SIGTERM the server takes no
+    new requests and lets running generations finish for up to --drain seconds.
+    """
+    from service.client import USAGE
+    from service.config import Settings, SettingsError
+
+    overrides = {
+        "host": host, "port": port, "model": model, "models_dir": models_dir, "workers": workers,
+        "threads": threads, "max_queue": max_queue, "timeout_s": timeout, "drain_s": drain,
+        "log_file": log_file, "log_prompts": log_prompts,
+    }
+    try:
+        settings = Settings.from_env(overrides)
+        from service.server import serve as run_server  # uvicorn + create_app, drain_s as the graceful timeout
+
+        run_server(settings)
+    except SettingsError as exc:
+        raise _fail(str(exc), USAGE) from None
+    except KeyboardInterrupt:  # uvicorn handles SIGINT itself; this is a Ctrl-C during start-up
+        raise typer.Exit(130) from None
+
+
+# --- the models dir -----------------------------------------------------------------------
+
+
+@contextmanager
+def _model_errors(*errors: type[BaseException]) -> Iterator[None]:
+    """ValueError, OSError and the given errors (e.g. HubError) from the models code: one line, exit 1."""
+    from service.client import GENERIC
+
+    with _reporting():
+        try:
+            yield
+        except (ValueError, OSError, *errors) as exc:
+            raise _fail(_one_line(exc), GENERIC) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+@app.command()
+def download(
+    repo: Annotated[str, typer.Argument(help="Hugging Face repo id: a GPT-2 checkpoint or a GGML gpt2 repo.")] = "distilgpt2",
+    quant: Annotated[str, typer.Option(help="Quantisation for a converted checkpoint: f32 f16 q8_0 q5_1 q5_0 q4_1 q4_0.")] = "q4_0",
+    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default main).")] = None,
+    force: Annotated[bool, typer.Option(help="Download and install again even if already installed.")] = False,
+    models_dir: ModelsDir = Path("models"),
+) -> None:
+    """Download a model from the Hugging Face Hub.
+
+    A GPT-2 checkpoint is converted to GGML at --quant; the model lands in
+    MODELS_DIR/<name>/ and its path is printed.
+    """
+    from service import hub
+
+    with _model_errors(hub.HubError):
+        path = hub.download(repo, models_dir=models_dir, quant=quant, revision=revision, force=force)
+        print(path, flush=True)
+
+
+@app.command()
+def models(
+    models_dir: ModelsDir = Path("models"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+) -> None:
+    """List the models installed in the models dir."""
+    from service import hub
+
+    with _model_errors(hub.HubError):
+        entries = hub.list_models(models_dir)
+        if as_json:
+            import msgspec
+
+            print(msgspec.json.encode(entries).decode(), flush=True)
+            return
+        if not entries:
+            _say(f"no models in {models_dir}; get one with `minivault download`")
+            return
+        print(_models_table(entries), flush=True)
+
+
+def _models_table(entries) -> str:
+    """A plain-text table of ModelEntry rows, a problem (if any) under its model."""
+    rows = [("NAME", "QUANT", "SIZE", "SHA256", "SOURCE", "PATH")]
+    rows += [(e.name, e.quant, _human(e.size), e.sha256[:12], e.source or "-", e.path) for e in entries]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for i, row in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+        problem = getattr(entries[i - 1], "problem", None) if i else None
+        if problem:
+            lines.append(f"  ! {problem}")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
+@app.command()
+def convert(
+    src_dir: Annotated[Path, typer.Argument(help="A GPT-2 Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer).")],
+    out: Annotated[Path, typer.Argument(help="Folder to write model.bin, tokenizer.json and manifest.json into.")],
+    quant: Annotated[str, typer.Option(help="f32 f16 q8_0 q5_1 q5_0 q4_1 q4_0.")] = "q4_0",
+    name: Annotated[Optional[str], typer.Option(help="Model name for the manifest (default: OUT's name).")] = None,
+    source_repo: Annotated[Optional[str], typer.Option(help="Where the checkpoint came from, for the manifest.")] = None,
+    revision: Annotated[Optional[str], typer.Option(help="The checkpoint's revision, for the manifest.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model already in OUT.")] = False,
+) -> None:
+    """Convert a local GPT-2 checkpoint to GGML.
+
+    Writes OUT/model.bin, tokenizer.json and manifest.json; prints the model path.
+    """
+    with _model_errors():
+        from service.convert import convert_checkpoint
+
+        manifest = convert_checkpoint(src_dir, out, quant, name=name, source_repo=source_repo, revision=revision,
+                                      overwrite=overwrite)
+        _say(f"converted {src_dir} to {manifest.quant}: {manifest.parameters:,} parameters, "
+             f"{_human(manifest.size)}, sha256 {manifest.sha256[:16]}")
+        print(out / manifest.file, flush=True)
+
+
+# --- benchmark ----------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    url: Url = DEFAULT_URL,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, max=256, help="Streams in flight at once.")] = 4,
+    requests: Annotated[int, typer.Option("--requests", "-n", min=1, max=100_000, help="Requests to send in all.")] = 32,
+    duration: Annotated[float, typer.Option(min=0.1, help="Stop after this many seconds even if requests remain.")] = 120.0,
+    prompt: Annotated[str, typer.Option(help="The prompt every request sends.")] = "The quick brown fox jumps over the lazy dog. Once upon a time",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens each request asks for.")] = 128,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    repetition_penalty: RepetitionPenalty = None,
+    seed: Seed = None,
+    stop: Stop = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    timeout: Timeout = 300.0,
+) -> None:
+    """Load-test a server's /generate/stream.
+
+    Sends --requests streaming requests, --concurrency at a time, for at most --duration
+    seconds; reports requests/s, time to first token (TTFT) and inter-token latency (ITL)
+    percentiles, aggregate and per-stream tokens/s, and errors by status. Tokens are
+    counted as streamed chunks (the server sends one per token).
+    """
+    from service import bench as benchmark
+    from service.client import GENERIC, generation_body
+
+    with _reporting():
+        body = generation_body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                               top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
+        report = benchmark.run(url, body, requests=requests, concurrency=concurrency, duration=duration,
+                               timeout=timeout)
+        print(benchmark.to_json(report) if as_json else benchmark.format_report(report), flush=True)
+        if report.completed == 0:
+            raise _fail("no request completed", GENERIC)
+
+
+def main() -> None:
+    """Entry point of the `minivault` script and `python -m service`."""
+    try:
+        app(prog_name="minivault")
+    except Exception as exc:  # a bug, not a user error: one line unless asked for the traceback
+        if os.environ.get("MINIVAULT_DEBUG"):
+            raise
+        _say(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set MINIVAULT_DEBUG=1 for details)")
+        raise SystemExit(1) from None
