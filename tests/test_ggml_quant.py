@@ -20,9 +20,8 @@ from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
 from service.ggml import quant
-from service.ggml.format import read_gpt2, read_tensor
+from service.ggml.format import HParams, read_gpt2, read_tensor
 from service.ggml.tiny import make_tiny_gpt2, random_tensors
-from service.ggml.format import HParams
 from tests.gpt2_reference import ggml_logits, rms_error
 
 BLOCK_TYPES = ["q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]

@@ -1,0 +1,409 @@
+"""Convert a Hugging Face GPT-2 checkpoint (safetensors) into a MiniVault model folder.
+
+The folder gets model.bin (GGML gpt2, matrices in the chosen type), tokenizer.json and
+manifest.json. It is built under a temporary name beside the destination and renamed into
+place at the end, so a half-finished conversion is never picked up as a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import struct
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from service.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
+from service.manifest import HParams as ManifestHParams
+from service.manifest import Manifest, Source, utc_now, write_manifest
+
+MODEL_FILE = "model.bin"
+TOKENIZER_FILE = "tokenizer.json"
+QUANTS = tuple(FTYPES)  # f32 f16 q4_0 q4_1 q8_0 q5_0 q5_1
+
+# ggml's gpt2 runs the tanh GELU; these config names all mean that function.
+_TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
+_PICKLE_HINTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack")
+
+_TOP = {"wte.weight": "model/wte", "wpe.weight": "model/wpe", "ln_f.weight": "model/ln_f/g", "ln_f.bias": "model/ln_f/b"}
+_LAYER = {
+    "ln_1.weight": "ln_1/g", "ln_1.bias": "ln_1/b", "ln_2.weight": "ln_2/g", "ln_2.bias": "ln_2/b",
+    "attn.c_attn.weight": "attn/c_attn/w", "attn.c_attn.bias": "attn/c_attn/b",
+    "attn.c_proj.weight": "attn/c_proj/w", "attn.c_proj.bias": "attn/c_proj/b",
+    "mlp.c_fc.weight": "mlp/c_fc/w", "mlp.c_fc.bias": "mlp/c_fc/b",
+    "mlp.c_proj.weight": "mlp/c_proj/w", "mlp.c_proj.bias": "mlp/c_proj/b",
+}  # fmt: skip
+# Attention-mask buffers some checkpoints carry; they are not weights.
+_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
+
+
+def convert_checkpoint(
+    src_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    quant: str = "q4_0",
+    *,
+    name: str | None = None,
+    source_repo: str | None = None,
+    revision: str | None = None,
+    overwrite: bool = False,
+) -> Manifest:
+    """Convert the GPT-2 checkpoint in `src_dir` into the model folder `out_dir`; return its manifest.
+
+    `src_dir` needs config.json (model_type "gpt2"), model.safetensors (or a sharded
+    safetensors index) and a tokenizer: tokenizer.json, or vocab.json + merges.txt.
+    Matrices are stored as `quant`; biases, norms and position embeddings stay f32; the
+    output head is tied to the token embedding unless the checkpoint has its own.
+    Raises ValueError naming what was found and what is accepted for any other input,
+    and when `out_dir` already holds files (unless `overwrite`).
+    """
+    src, out = Path(src_dir), Path(out_dir)
+    if quant not in FTYPES:
+        raise ValueError(f"unknown quantisation {quant!r}; accepted: {', '.join(QUANTS)}")
+    if not src.is_dir():
+        raise ValueError(f"{src} is not a directory; expected a Hugging Face checkpoint folder")
+    hp = _hparams(_read_config(src), quant)
+    with _SafeTensors(_weight_files(src)) as weights:
+        tokenizer_json, bpe, added = _tokenizer(src)
+        vocab = _ggml_vocab(bpe, added, hp.n_vocab)
+        names = _tensor_names(weights, hp)
+        _check_destination(out, overwrite)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        work = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
+        work.mkdir()  # not mkdtemp: its 0700 mode would hide the model from another user
+        try:
+            count = [0]
+            sha256 = write_gpt2(work / MODEL_FILE, hp, vocab, _tensors(weights, names, count))
+            _write_file(work / TOKENIZER_FILE, tokenizer_json)
+            manifest = Manifest(
+                name=name or out.name,
+                file=MODEL_FILE,
+                source=Source(repo=source_repo, revision=revision, kind="converted"),
+                quant=quant,
+                hparams=ManifestHParams(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd,
+                                        n_head=hp.n_head, n_layer=hp.n_layer),  # fmt: skip
+                parameters=count[0],
+                size=(work / MODEL_FILE).stat().st_size,
+                sha256=sha256,
+                created=utc_now(),
+                tokenizer=TOKENIZER_FILE,
+            )
+            write_manifest(work, manifest)
+            _fsync_dir(work)
+            _move_into_place(work, out, overwrite)
+        finally:
+            if work.exists():
+                shutil.rmtree(work)
+    return manifest
+
+
+# --- config ---------------------------------------------------------------------------
+
+
+def _read_config(src: Path) -> dict[str, Any]:
+    path = src / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{src} has no config.json; expected a Hugging Face GPT-2 checkpoint folder")
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return config
+
+
+def _hparams(config: dict[str, Any], quant: str) -> HParams:
+    """GGML hyper-parameters from config.json, refusing variants ggml's gpt2 would run wrongly."""
+    kind = config.get("model_type")
+    if kind != "gpt2":
+        raise ValueError(f"config.json has model_type {kind!r}; accepted: 'gpt2' (gpt2, distilgpt2, gpt2-medium/large/xl)")
+    missing = [k for k in ("vocab_size", "n_embd", "n_head", "n_layer") if not isinstance(config.get(k), int)]
+    n_ctx = config.get("n_positions", config.get("n_ctx"))
+    if not isinstance(n_ctx, int):
+        missing.append("n_positions")
+    if missing:
+        raise ValueError(f"config.json lacks integer {', '.join(missing)}")
+    act = config.get("activation_function", "gelu_new")
+    if act not in _TANH_GELU:
+        raise ValueError(f"config.json has activation_function {act!r}; accepted: {', '.join(sorted(_TANH_GELU))}")
+    unsupported = {
+        "scale_attn_by_inverse_layer_idx": bool(config.get("scale_attn_by_inverse_layer_idx")),
+        "scale_attn_weights=false": config.get("scale_attn_weights", True) is False,
+        "add_cross_attention": bool(config.get("add_cross_attention")),
+        "n_inner != 4*n_embd": config.get("n_inner") not in (None, 4 * config["n_embd"]),
+        "layer_norm_epsilon != 1e-5": config.get("layer_norm_epsilon", 1e-5) != 1e-5,
+    }
+    bad = [k for k, v in unsupported.items() if v]
+    if bad:
+        raise ValueError(f"config.json uses {', '.join(bad)}, which GGML's gpt2 does not implement")
+    n_embd, n_head = config["n_embd"], config["n_head"]
+    if n_head < 1 or n_embd % n_head:
+        raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
+    if quant not in ("f32", "f16") and n_embd % 32:
+        raise ValueError(f"{quant} needs n_embd to be a multiple of 32, got {n_embd}; use f16 or f32")
+    return HParams(config["vocab_size"], n_ctx, n_embd, n_head, config["n_layer"], quant)
+
+
+# --- weights --------------------------------------------------------------------------
+
+
+def _weight_files(src: Path) -> list[Path]:
+    single, index = src / "model.safetensors", src / "model.safetensors.index.json"
+    if single.is_file():
+        return [single]
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text("utf-8"))["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{index} is not a safetensors index ({exc})") from None
+        missing = [s for s in shards if not (src / s).is_file()]
+        if missing:
+            raise ValueError(f"{index} lists shards that are missing: {', '.join(missing)}")
+        return [src / s for s in shards]
+    pickles = sorted(p.name for pattern in _PICKLE_HINTS for p in src.glob(pattern))
+    if pickles:
+        raise ValueError(
+            f"{src} has {', '.join(pickles)} but no model.safetensors; only safetensors checkpoints are "
+            "accepted (pickle-based weight files can run arbitrary code when loaded)"
+        )
+    raise ValueError(f"{src} has no model.safetensors (or model.safetensors.index.json)")
+
+
+class _SafeTensors:
+    """Memory-mapped reader for safetensors files, returning float32 arrays (bf16 included)."""
+
+    _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
+
+    def __init__(self, paths: list[Path]) -> None:
+        self._maps: list[np.memmap] = []
+        self.index: dict[str, tuple[int, str, tuple[int, ...], int, int]] = {}
+        for path in paths:
+            header, start = self._header(path)
+            data = np.memmap(path, dtype=np.uint8, mode="r")
+            self._maps.append(data)
+            for key, meta in header.items():
+                if key == "__metadata__":
+                    continue
+                try:
+                    dtype, shape, (begin, end) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
+                except (KeyError, TypeError, ValueError):
+                    raise ValueError(f"{path}: damaged entry for tensor {key!r}") from None
+                if dtype not in self._DTYPES:
+                    raise ValueError(f"{path}: tensor {key!r} has dtype {dtype}; accepted: {', '.join(self._DTYPES)}")
+                size = int(np.prod(shape)) * np.dtype(self._DTYPES[dtype]).itemsize
+                if not 0 <= begin <= end or end - begin != size or start + end > len(data):
+                    raise ValueError(f"{path}: tensor {key!r} has inconsistent offsets (file damaged?)")
+                self.index[key] = (len(self._maps) - 1, dtype, shape, start + begin, start + end)
+
+    @staticmethod
+    def _header(path: Path) -> tuple[dict[str, Any], int]:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
+            if not 0 < n <= 100 << 20:
+                raise ValueError(f"{path} is not a safetensors file")
+            try:
+                header = json.loads(f.read(n))
+                assert isinstance(header, dict)
+            except (ValueError, AssertionError):
+                raise ValueError(f"{path} has a damaged safetensors header") from None
+        return header, 8 + n
+
+    def get(self, key: str) -> np.ndarray:
+        i, dtype, shape, begin, end = self.index[key]
+        raw = self._maps[i][begin:end].view(self._DTYPES[dtype]).reshape(shape)
+        if dtype == "BF16":  # bfloat16 is the top half of a float32
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw.astype(np.float32)
+
+    def __enter__(self) -> "_SafeTensors":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._maps.clear()  # the maps close once no array refers to them
+
+
+def _tensor_names(weights: _SafeTensors, hp: HParams) -> list[tuple[str, str]]:
+    """(GGML name, checkpoint key) pairs in file order, checking nothing is missing or unknown."""
+    keys = set(weights.index)
+    prefix = "transformer." if any(k.startswith("transformer.") for k in keys) else ""
+    hf = {f"{prefix}{k}": v for k, v in _TOP.items()}
+    for i in range(hp.n_layer):
+        hf |= {f"{prefix}h.{i}.{k}": f"model/h{i}/{v}" for k, v in _LAYER.items()}
+    missing = sorted(k for k in hf if k not in keys)
+    if missing:
+        raise ValueError(f"checkpoint lacks {len(missing)} GPT-2 tensors, e.g. {', '.join(missing[:3])}")
+    extra = sorted(k for k in keys - set(hf) - {"lm_head.weight"} if not _BUFFER.match(k.removeprefix(prefix)))
+    if extra:
+        raise ValueError(f"checkpoint has tensors a GPT-2 LM does not: {', '.join(extra[:5])}")
+    by_ggml = {v: k for k, v in hf.items()}
+    names = [(g, by_ggml[g]) for g in gpt2_tensor_shapes(hp)]
+    if "lm_head.weight" in keys and not np.array_equal(weights.get("lm_head.weight"), weights.get(f"{prefix}wte.weight")):
+        names.append(("model/lm_head", "lm_head.weight"))
+    return names
+
+
+def _tensors(weights: _SafeTensors, names: list[tuple[str, str]], count: list[int]) -> Iterator[tuple[str, np.ndarray]]:
+    """Checkpoint tensors under GGML names; Conv1D (in, out) matrices become GGML's (out, in)."""
+    for ggml_name, key in names:
+        array = weights.get(key)
+        if ggml_name.endswith("/w"):
+            array = array.T
+        count[0] += array.size
+        yield ggml_name, array
+
+
+# --- tokenizer ------------------------------------------------------------------------
+
+
+def _tokenizer(src: Path) -> tuple[bytes, dict[str, int], dict[str, int]]:
+    """The tokenizer.json to install, its BPE vocabulary and its added (special) tokens."""
+    path = src / "tokenizer.json"
+    if path.is_file():
+        raw = path.read_bytes()
+        try:
+            data = json.loads(raw)
+            model = data["model"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path} is not a tokenizers JSON file") from None
+        if model.get("type") != "BPE" or '"ByteLevel"' not in json.dumps([data.get("pre_tokenizer"), data.get("decoder")]):
+            raise ValueError(f"{path} is a {model.get('type')} tokenizer; accepted: GPT-2 byte-level BPE")
+        return raw, model["vocab"], {t["content"]: t["id"] for t in data.get("added_tokens") or []}
+    vocab_file, merges_file = src / "vocab.json", src / "merges.txt"
+    if vocab_file.is_file() and merges_file.is_file():
+        vocab = json.loads(vocab_file.read_text("utf-8"))
+        merges = _read_merges(merges_file)
+        added = _added_tokens(src, vocab)
+        return _tokenizer_json(vocab, merges, added), vocab, added
+    found = sorted(p.name for p in src.iterdir() if "token" in p.name or p.name in ("vocab.json", "merges.txt"))
+    raise ValueError(
+        f"{src} has no usable tokenizer (found: {', '.join(found) or 'none'}); "
+        "accepted: tokenizer.json, or vocab.json together with merges.txt"
+    )
+
+
+def _read_merges(path: Path) -> list[str]:
+    merges = []
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line or (n == 1 and line.startswith("#version")):
+            continue
+        if len(line.split(" ")) != 2:
+            raise ValueError(f"{path}:{n}: expected two space-separated symbols, got {line!r}")
+        merges.append(line)
+    return merges
+
+
+def _added_tokens(src: Path, vocab: dict[str, int]) -> dict[str, int]:
+    """Special tokens: added_tokens.json, the special tokens named in the configs, <|endoftext|>."""
+    added: dict[str, int] = {}
+    extra = src / "added_tokens.json"
+    if extra.is_file():
+        added |= json.loads(extra.read_text("utf-8"))
+    named = {"<|endoftext|>"}
+    for cfg in ("special_tokens_map.json", "tokenizer_config.json"):
+        if (src / cfg).is_file():
+            for key, value in json.loads((src / cfg).read_text("utf-8")).items():
+                if key.endswith("_token"):
+                    named.add(value.get("content") if isinstance(value, dict) else value)
+    return added | {t: vocab[t] for t in named if t in vocab}
+
+
+def _tokenizer_json(vocab: dict[str, int], merges: list[str], added: dict[str, int]) -> bytes:
+    """A tokenizers-format GPT-2 tokenizer (byte-level BPE) from its vocab and merges."""
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    data = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [
+            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+             "normalized": True, "special": True}
+            for t, i in sorted(added.items(), key=lambda item: item[1])
+        ],  # fmt: skip
+        "normalizer": None,
+        "pre_tokenizer": byte_level,
+        "post_processor": byte_level | {"trim_offsets": False},
+        "decoder": byte_level,
+        "model": {
+            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+            "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+            "vocab": vocab, "merges": merges,
+        },  # fmt: skip
+    }
+    return json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted (char -> byte)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    chars, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + n)] = b
+            n += 1
+    return chars
+
+
+def _ggml_vocab(bpe: dict[str, int], added: dict[str, int], n_vocab: int) -> list[bytes]:
+    """The raw bytes of every token id; ids the tokenizer does not use get empty bytes.
+
+    BPE tokens are spelled in GPT-2's byte stand-in characters; added tokens are plain text.
+    """
+    top = max([*bpe.values(), *added.values()], default=-1)
+    if top >= n_vocab:
+        raise ValueError(f"tokenizer has ids up to {top} but the model has only {n_vocab} token embeddings")
+    decoder = _byte_decoder()
+    vocab = [b""] * n_vocab
+    for token, i in bpe.items():
+        if all(c in decoder for c in token):
+            vocab[i] = bytes(decoder[c] for c in token)
+        else:  # not byte-level spelled: keep its text
+            vocab[i] = token.encode("utf-8")
+    for token, i in added.items():
+        vocab[i] = token.encode("utf-8")
+    return vocab
+
+
+# --- files ----------------------------------------------------------------------------
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ValueError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} already exists and is not empty; remove it or convert with overwrite")
+
+
+def _move_into_place(work: Path, out: Path, overwrite: bool) -> None:
+    """Rename the finished folder to `out`; a replaced model is moved aside, then deleted."""
+    _check_destination(out, overwrite)
+    old = None
+    if out.is_dir() and any(out.iterdir()):
+        old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
+        os.rename(out, old)
+    os.replace(work, out)  # an empty folder at `out` is replaced
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
