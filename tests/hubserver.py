@@ -39,10 +39,12 @@ class Blob:
 
     @property
     def git_oid(self) -> str:
+        """The git blob id, which the Hub sends as ETag of small files."""
         return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
 
     @property
     def sha256(self) -> str:
+        """The LFS object id, which the Hub sends as X-Linked-Etag."""
         return hashlib.sha256(self.data).hexdigest()
 
 
@@ -94,6 +96,7 @@ class HubServer:
         self.close()
 
     def close(self) -> None:
+        """Release stalled downloads and stop serving."""
         self._release.set()
         self._httpd.shutdown()
         self._httpd.server_close()
@@ -152,11 +155,13 @@ class HubServer:
         )
 
     def _take_fault(self, filename: str) -> Fault | None:
+        """The next queued fault for `filename`, if any."""
         with self._lock:
             queue = self.faults.get(filename)
             return queue.pop(0) if queue else None
 
     def _blob_by_sha256(self, sha256: str) -> tuple[str, Blob] | None:
+        """The LFS file with this sha256, for the CDN route."""
         for repo in self.repos.values():
             for blobs in repo.commits.values():
                 for path, blob in blobs.items():
@@ -166,6 +171,8 @@ class HubServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """Answers one connection's requests (HTTP/1.1 keep-alive, as huggingface_hub's client expects)."""
+
     protocol_version = "HTTP/1.1"
 
     @property
@@ -178,6 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
     # --- plumbing -------------------------------------------------------------------------
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
+        """A response with a body (none for HEAD)."""
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -187,9 +195,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, payload: object, headers: dict[str, str] | None = None) -> None:
+        """A 200 JSON response."""
         self._send(200, json.dumps(payload).encode(), {"Content-Type": "application/json", **(headers or {})})
 
     def _error(self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None) -> None:
+        """An error as the Hub sends it: X-Error-Code / X-Error-Message headers and a JSON body."""
         extra = {"X-Error-Message": message, **(headers or {})}
         if code:
             extra["X-Error-Code"] = code
@@ -204,12 +214,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _repo(self, repo_id: str) -> Repo | None:
+        """The repo, or None after answering 401 RepoNotFound (as the Hub does signed out)."""
         repo = self.hub.repos.get(repo_id)
         if repo is None:
             self._error(401, "RepoNotFound", "Repository not found")
         return repo
 
     def _commit(self, repo: Repo, rev: str) -> str | None:
+        """The commit a revision names, or None after answering 404 RevisionNotFound."""
         if rev in repo.commits:
             return rev
         if rev in repo.refs:
@@ -222,6 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
         return token in self.hub.tokens or any(token in repo.tokens for repo in self.hub.repos.values())
 
     def _authorized(self, repo: Repo) -> bool:
+        """Whether the request may read the repo's files."""
         auth = self.headers.get("authorization") or ""
         return not repo.gated or auth.removeprefix("Bearer ") in repo.tokens
 
@@ -234,6 +247,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._route()
 
     def _route(self) -> None:
+        """Dispatch a request by path."""
         split = urlsplit(self.path)
         path = split.path
         auth = self.headers.get("authorization")
@@ -251,6 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, None, "Not found")
 
     def _api(self, rest: str, query: dict[str, list[str]]) -> None:
+        """/api/models/...: model info or tree listing."""
         if "/tree/" in rest:
             repo_id, tail = rest.split("/tree/", 1)
             rev, _, sub = tail.partition("/")
@@ -280,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _tree(self, repo_id: str, rev: str, sub: str, recursive: bool) -> None:
+        """The tree listing: files (with LFS metadata) and folders."""
         repo = self._repo(repo_id)
         if repo is None:
             return
@@ -308,6 +324,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(entries)
 
     def _resolve(self, rest: str) -> None:
+        """/{repo}/resolve/{rev}/{path}: small files directly, LFS files by redirect to the CDN."""
         repo_id, tail = rest.split("/resolve/", 1)
         rev, _, filename = tail.partition("/")
         repo = self._repo(unquote(repo_id))
@@ -343,6 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._content(filename, blob, {**commit_header, "ETag": f'"{blob.git_oid}"'})
 
     def _cdn(self, sha256: str) -> None:
+        """LFS content by sha256."""
         found = self.hub._blob_by_sha256(sha256)
         if found is None:
             self._error(404, None, "No such object")
