@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from service.client import BUSY, ClientError, error_for, is_loopback, translate
+from service.client import GENERIC, ClientError, error_for, is_loopback, translate
 
 
 class Outcome(msgspec.Struct, kw_only=True):
@@ -170,7 +170,7 @@ async def _check_ready(client: httpx.AsyncClient, url: str) -> str | None:
     try:
         return response.json().get("model")
     except ValueError:
-        raise ClientError(f"{url}/health did not answer with JSON; is this a MiniVault server?", BUSY) from None
+        raise ClientError(f"{url}/health did not answer with JSON; is this a MiniVault server?", GENERIC) from None
 
 
 def summarise(url: str, model: str | None, body: dict[str, Any], outcomes: list[Outcome], *,

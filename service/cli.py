@@ -11,7 +11,7 @@ import os
 import sys
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterator, Literal, Optional
 
 import typer
 
@@ -41,17 +41,28 @@ app = typer.Typer(
 
 # --- shared options -----------------------------------------------------------------------
 
-Url = Annotated[str, typer.Option(envvar="MINIVAULT_URL", help="Server base URL.")]
-Timeout = Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the server's answer.")]
-MaxNewTokens = Annotated[Optional[int], typer.Option(help="Tokens to generate at most (server default 128).")]
-Temperature = Annotated[Optional[float], typer.Option(help="Sampling temperature; 0 is greedy (default 0.8).")]
-TopK = Annotated[Optional[int], typer.Option(help="Sample from the k likeliest tokens; 0 is off (default 40).")]
-TopP = Annotated[Optional[float], typer.Option(help="Nucleus sampling mass (default 0.95).")]
-RepetitionPenalty = Annotated[Optional[float], typer.Option(help="Penalty on repeated tokens; 1 is off (default 1.1).")]
-Seed = Annotated[Optional[int], typer.Option(help="Seed: same seed and parameters give the same text.")]
-Stop = Annotated[Optional[list[str]], typer.Option(metavar="TEXT", help="A string that ends generation (repeat up to 4 times).")]
+Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+
+
+def _opt(help: str, *decls: str, **kw) -> typer.models.OptionInfo:
+    """A typer.Option with its help (keeps the signatures below readable)."""
+    return typer.Option(*decls, help=help, **kw)
+
+
+Url = Annotated[str, _opt("Server base URL.", envvar="MINIVAULT_URL")]
+Timeout = Annotated[float, _opt("Seconds to wait for the server's answer.", min=0.1)]
+MaxNewTokens = Annotated[Optional[int], _opt("Tokens to generate at most (server default 128).")]
+Temperature = Annotated[Optional[float], _opt("Sampling temperature; 0 is greedy (default 0.8).")]
+TopK = Annotated[Optional[int], _opt("Sample from the k likeliest tokens; 0 is off (default 40).")]
+TopP = Annotated[Optional[float], _opt("Nucleus sampling mass (default 0.95).")]
+RepetitionPenalty = Annotated[Optional[float], _opt("Penalty on repeated tokens; 1 is off (default 1.1).")]
+Seed = Annotated[Optional[int], _opt("Seed: same seed and parameters give the same text.")]
+Stop = Annotated[Optional[list[str]], _opt("A string that ends generation (repeat, up to 4).", metavar="TEXT")]
 Prompt = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to continue; '-' reads it from stdin.")]
-ModelsDir = Annotated[Path, typer.Option(envvar="MINIVAULT_MODELS_DIR", help="The models dir.")]
+ModelsDir = Annotated[Path, _opt("The models dir.", envvar="MINIVAULT_MODELS_DIR")]
+Text = Optional[str]
+Int = Optional[int]
+Float = Optional[float]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -181,17 +192,19 @@ def stream(
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on [env MINIVAULT_HOST; 127.0.0.1].")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port [env MINIVAULT_PORT; 8000].")] = None,
-    model: Annotated[Optional[str], typer.Option(help="GGML model file [env MINIVAULT_MODEL; the one in the models dir].")] = None,
-    models_dir: Annotated[Optional[str], typer.Option(help="Models dir [env MINIVAULT_MODELS_DIR; ./models].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Model instances generating at once [env MINIVAULT_WORKERS; 1].")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="Threads per instance; 0 = cores / workers [env MINIVAULT_THREADS].")] = None,
-    max_queue: Annotated[Optional[int], typer.Option(help="Requests waiting beyond the workers before 429 [env MINIVAULT_MAX_QUEUE; 16].")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds one generation may run [env MINIVAULT_TIMEOUT_S; 120].")] = None,
-    drain: Annotated[Optional[float], typer.Option(help="Seconds to let running generations finish on SIGTERM [env MINIVAULT_DRAIN_S; 30].")] = None,
-    log_file: Annotated[Optional[str], typer.Option(help="JSONL request log [env MINIVAULT_LOG_FILE; ./logs/log.jsonl].")] = None,
-    log_prompts: Annotated[Optional[bool], typer.Option("--log-prompts/--no-log-prompts", help="Record prompts and responses in the log [env MINIVAULT_LOG_PROMPTS; on].")] = None,
+    host: Annotated[Text, _opt("Address to listen on [env MINIVAULT_HOST; 127.0.0.1].")] = None,
+    port: Annotated[Int, _opt("Port [env MINIVAULT_PORT; 8000].")] = None,
+    model: Annotated[Text, _opt("GGML model file [env MINIVAULT_MODEL; the one in the models dir].")] = None,
+    models_dir: Annotated[Text, _opt("Models dir [env MINIVAULT_MODELS_DIR; ./models].")] = None,
+    workers: Annotated[Int, _opt("Model instances generating at once [env MINIVAULT_WORKERS; 1].")] = None,
+    threads: Annotated[Int, _opt("Threads per instance; 0 = cores / workers [env MINIVAULT_THREADS].")] = None,
+    max_queue: Annotated[Int, _opt("Requests waiting for a worker before 429 [env MINIVAULT_MAX_QUEUE; 16].")] = None,
+    timeout: Annotated[Float, _opt("Seconds one generation may run [env MINIVAULT_TIMEOUT_S; 120].")] = None,
+    drain: Annotated[Float, _opt("Seconds running generations get to finish on SIGTERM [env MINIVAULT_DRAIN_S; 30].",
+                                 "--drain")] = None,
+    log_file: Annotated[Text, _opt("JSONL request log [env MINIVAULT_LOG_FILE; ./logs/log.jsonl].")] = None,
+    log_prompts: Annotated[Optional[bool], _opt("Record prompts and responses [env MINIVAULT_LOG_PROMPTS; on].",
+                                                "--log-prompts/--no-log-prompts")] = None,
 ) -> None:
     """Run the HTTP server.
 
@@ -237,12 +250,15 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
+REPO_HELP = "Hugging Face repo id: a GPT-2 checkpoint or a GGML gpt2 repo."
+
+
 @app.command()
 def download(
-    repo: Annotated[str, typer.Argument(help="Hugging Face repo id: a GPT-2 checkpoint or a GGML gpt2 repo.")] = "distilgpt2",
-    quant: Annotated[str, typer.Option(help="Quantisation for a converted checkpoint: f32 f16 q8_0 q5_1 q5_0 q4_1 q4_0.")] = "q4_0",
-    revision: Annotated[Optional[str], typer.Option(help="Branch, tag or commit (default main).")] = None,
-    force: Annotated[bool, typer.Option(help="Download and install again even if already installed.")] = False,
+    repo: Annotated[str, typer.Argument(metavar="REPO", help=REPO_HELP)] = "distilgpt2",
+    quant: Annotated[Quant, _opt("Quantisation when a checkpoint is converted.")] = "q4_0",
+    revision: Annotated[Text, _opt("Branch, tag or commit (default main).")] = None,
+    force: Annotated[bool, _opt("Download and install again even if already installed.", "--force")] = False,
     models_dir: ModelsDir = Path("models"),
 ) -> None:
     """Download a model from the Hugging Face Hub.
@@ -301,15 +317,18 @@ def _human(size: int) -> str:
     return f"{size} B"
 
 
+SRC_HELP = "A GPT-2 Hugging Face checkpoint folder: config.json, model.safetensors, a tokenizer."
+
+
 @app.command()
 def convert(
-    src_dir: Annotated[Path, typer.Argument(help="A GPT-2 Hugging Face checkpoint folder (config.json, model.safetensors, tokenizer).")],
-    out: Annotated[Path, typer.Argument(help="Folder to write model.bin, tokenizer.json and manifest.json into.")],
-    quant: Annotated[str, typer.Option(help="f32 f16 q8_0 q5_1 q5_0 q4_1 q4_0.")] = "q4_0",
-    name: Annotated[Optional[str], typer.Option(help="Model name for the manifest (default: OUT's name).")] = None,
-    source_repo: Annotated[Optional[str], typer.Option(help="Where the checkpoint came from, for the manifest.")] = None,
-    revision: Annotated[Optional[str], typer.Option(help="The checkpoint's revision, for the manifest.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace a model already in OUT.")] = False,
+    src_dir: Annotated[Path, typer.Argument(metavar="SRC_DIR", help=SRC_HELP)],
+    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for model.bin, tokenizer.json, manifest.json.")],
+    quant: Annotated[Quant, _opt("How to store the weight matrices.")] = "q4_0",
+    name: Annotated[Text, _opt("Model name for the manifest (default: OUT's name).")] = None,
+    source_repo: Annotated[Text, _opt("Where the checkpoint came from, for the manifest.")] = None,
+    revision: Annotated[Text, _opt("The checkpoint's revision, for the manifest.")] = None,
+    overwrite: Annotated[bool, _opt("Replace a model already in OUT.", "--overwrite")] = False,
 ) -> None:
     """Convert a local GPT-2 checkpoint to GGML.
 
@@ -327,15 +346,17 @@ def convert(
 
 # --- benchmark ----------------------------------------------------------------------------
 
+BENCH_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
+
 
 @app.command()
 def bench(
     url: Url = DEFAULT_URL,
-    concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, max=256, help="Streams in flight at once.")] = 4,
-    requests: Annotated[int, typer.Option("--requests", "-n", min=1, max=100_000, help="Requests to send in all.")] = 32,
-    duration: Annotated[float, typer.Option(min=0.1, help="Stop after this many seconds even if requests remain.")] = 120.0,
-    prompt: Annotated[str, typer.Option(help="The prompt every request sends.")] = "The quick brown fox jumps over the lazy dog. Once upon a time",
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Tokens each request asks for.")] = 128,
+    concurrency: Annotated[int, _opt("Streams in flight at once.", "--concurrency", "-c", min=1, max=256)] = 4,
+    requests: Annotated[int, _opt("Requests to send in all.", "--requests", "-n", min=1, max=100_000)] = 32,
+    duration: Annotated[float, _opt("Stop after this many seconds even if requests remain.", min=0.1)] = 120.0,
+    prompt: Annotated[str, _opt("The prompt every request sends.")] = BENCH_PROMPT,
+    max_new_tokens: Annotated[int, _opt("Tokens each request asks for.", min=1)] = 128,
     temperature: Temperature = None,
     top_k: TopK = None,
     top_p: TopP = None,

@@ -9,7 +9,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-# Exit codes of the `minivault` command (documented in its --help and the README).
+# Exit codes of the `minivault` command (its --help lists them too: keep both in step).
 OK = 0
 GENERIC = 1  # anything else: a failed download or conversion, a broken connection
 USAGE = 2  # bad flags or settings
@@ -18,17 +18,6 @@ REJECTED = 4  # the server refused the request (4xx other than 429)
 BUSY = 5  # queue full (429) or not ready / shutting down (503): retry later
 SERVER = 6  # the server failed (5xx other than 503)
 INTERRUPTED = 130  # Ctrl-C
-
-EXIT_CODES = {
-    OK: "success",
-    GENERIC: "other failure (download, conversion, connection cut mid-response)",
-    USAGE: "bad command-line usage or settings",
-    UNREACHABLE: "server unreachable",
-    REJECTED: "request rejected by the server (4xx), with its message",
-    BUSY: "server busy or not ready (429/503), with the Retry-After hint",
-    SERVER: "server error (5xx)",
-    INTERRUPTED: "interrupted (Ctrl-C)",
-}
 
 
 class ClientError(Exception):
@@ -113,12 +102,6 @@ class Client:
 
     def close(self) -> None:
         self._http.close()
-
-    def get_json(self, path: str) -> dict[str, Any]:
-        """GET a JSON endpoint (e.g. /health)."""
-        with self._call():
-            response = self._http.get(path)
-        return self._json(response)
 
     def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """POST a JSON body and return the JSON reply."""

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from service import client
 from service.cli import app
 from service.ggml.tiny import make_tiny_gpt2
 from tests.support import ROOT, LiveServer, free_port, read_log
@@ -81,7 +82,8 @@ def by_id(server: LiveServer, request_id: str) -> dict:
 def cli_process(*args: str) -> subprocess.Popen:
     """`python -m service ARGS` with pipes, as a user runs it (stdout block-buffered, as with a pipe)."""
     return subprocess.Popen([sys.executable, "-m", "service", *args], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
+                            stderr=subprocess.PIPE, env={k: v for k, v in os.environ.items()
+                                                         if k != "PYTHONUNBUFFERED"})
 
 
 def closed_port_url() -> str:
@@ -96,8 +98,11 @@ def test_help_lists_the_commands_and_exit_codes():
     assert result.exit_code == 0, result.stderr
     for command in ("generate", "stream", "serve", "download", "models", "convert", "bench"):
         assert command in result.stdout
-    for line in ("3    server unreachable", "4    request rejected", "5    server busy", "130  interrupted"):
-        assert line in result.stdout
+    table = [line.split(maxsplit=1) for line in result.stdout.split("Exit codes:")[1].splitlines() if line.strip()]
+    codes = {int(code): meaning for code, meaning in table}
+    assert set(codes) == {client.OK, client.GENERIC, client.USAGE, client.UNREACHABLE, client.REJECTED,
+                          client.BUSY, client.SERVER, client.INTERRUPTED}
+    assert codes[client.UNREACHABLE] == "server unreachable" and codes[client.INTERRUPTED].startswith("interrupted")
     generate_help = run("generate", "--help").stdout
     for flag in ("--max-new-tokens", "--temperature", "--top-k", "--top-p", "--repetition-penalty", "--seed",
                  "--stop", "--url", "--json"):
@@ -307,9 +312,11 @@ def _error(message: str) -> bytes:
 
 @pytest.mark.parametrize("path,command", [("/generate", "generate"), ("/generate/stream", "stream")])
 @pytest.mark.parametrize("status,headers,body,code,expect", [
-    (503, {"Retry-After": "7"}, _error("the model is loading"), 5, "server busy (503): the model is loading; retry in 7 s"),
+    (503, {"Retry-After": "7"}, _error("the model is loading"), 5,
+     "server busy (503): the model is loading; retry in 7 s"),
     (500, {}, _error("generation failed: boom"), 6, "server error (500): generation failed: boom"),
-    (502, {"Content-Type": "text/html"}, b"<html>\n<b>Bad gateway</b>\n</html>", 6, "server error (502): <html> <b>Bad gateway"),
+    (502, {"Content-Type": "text/html"}, b"<html>\n<b>Bad gateway</b>\n</html>", 6,
+     "server error (502): <html> <b>Bad gateway"),
     (404, {}, _error("no such route"), 4, "request rejected (404): no such route"),
 ])
 def test_status_codes_map_to_exit_codes(stub, path, command, status, headers, body, code, expect):
@@ -439,16 +446,19 @@ def test_download_prints_the_model_path_and_models_lists_it(hub, tmp_path):
     assert [e["name"] for e in listed] == ["tiny-ggml"] and listed[0]["source"].startswith("someone/tiny-ggml@")
 
 
-@pytest.mark.parametrize("args,expect", [
-    (["nobody/missing"], "nobody/missing"),
-    (["--quant", "q3_k"], "unknown quant"),
-])
-def test_download_failures_are_one_line(hub, tmp_path, args, expect):
-    result = run("download", *args, "--models-dir", str(tmp_path / "models"))
+def test_download_failure_is_one_line(hub, tmp_path):
+    result = run("download", "nobody/missing", "--models-dir", str(tmp_path / "models"))
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert expect in result.stderr.splitlines()[-1]
+    assert "nobody/missing" in result.stderr.splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["download"], ["convert", "src", "out"]])
+def test_unknown_quant_is_a_usage_error_naming_the_choices(command):
+    result = run(*command, "--quant", "q3_k")
+    assert result.exit_code == 2
+    assert "q3_k" in result.stderr and "q4_0" in result.stderr
 
 
 def test_convert_writes_a_model_folder(tmp_path):
