@@ -102,6 +102,15 @@ def _silence_stdout() -> None:
         pass
 
 
+def _lenient_stdout():
+    """stdout that writes what its encoding can't show as '?' instead of failing mid-stream."""
+    try:
+        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        pass
+    return sys.stdout
+
+
 def _prompt_text(prompt: str) -> str:
     if prompt == "-":
         return sys.stdin.read()
@@ -139,10 +148,11 @@ def generate(
                      repetition_penalty=repetition_penalty, seed=seed, stop=stop)
         with Client(url, timeout) as client:
             result = client.generate(body)
+        out = _lenient_stdout()
         if as_json:
-            print(json.dumps(result, indent=2, ensure_ascii=False), flush=True)
+            print(json.dumps(result, indent=2, ensure_ascii=False), file=out, flush=True)
         else:
-            print(result.get("response", ""), flush=True)
+            print(result.get("response", ""), file=out, flush=True)
             if result.get("finish_reason") == "timeout":
                 _say("the generation hit the server's time limit; the text above is cut short")
 
@@ -166,7 +176,7 @@ def stream(
     """
     from service.client import Client
 
-    out = sys.stdout
+    out = _lenient_stdout()
     wrote = False
     try:
         with _reporting():
