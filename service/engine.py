@@ -175,7 +175,8 @@ class Engine:
             raise ValueError(
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but the model has {self.vocab_size}"
             )
-        self.eos_id = self.tokenizer.eos_id
+        eos = self.tokenizer.eos_id
+        self.eos_id = eos if eos is not None else self._llm.eos_token_id
         self._logits_ptr = self._llm.ctransformers_llm_logits_data
         self._batch_eval = self._llm.ctransformers_llm_batch_eval
 

@@ -163,3 +163,19 @@ def test_openapi_documents_limits(client):
     assert props["top_p"]["exclusiveMinimum"] == 0.0 and props["top_p"]["maximum"] == 1.0
     assert props["stop"]["maxItems"] == 4
     assert "greedy" in props["temperature"]["description"]
+
+
+def test_served_tokenizer_is_gpt2_bpe_from_tokenizer_json(gpt2_vocab_model, settings_for):
+    with TestClient(create_app(settings_for(gpt2_vocab_model))) as c:
+        wait_ready(c)
+        text = "Hello world! It's 2026 — naïve café, 日本語 🙂"
+        r = c.post("/tokenize", json={"text": text})
+        from tests.fixtures.gpt2_vocab import reference_tokenizer
+
+        assert r.json()["tokens"] == reference_tokenizer().encode(text).ids
+        assert c.post("/tokenize", json={"text": "Hello world"}).json() == {"tokens": [15496, 995], "count": 2}
+        assert c.post("/detokenize", json={"tokens": r.json()["tokens"]}).json()["text"] == text
+        r = c.post("/generate", json={"prompt": "Hello world", "max_new_tokens": 5, "seed": 1})
+        assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 2
+        r = c.post("/detokenize", json={"tokens": [50257]})
+        assert r.status_code == 422 and "50257" in r.json()["error"]["message"]

@@ -11,8 +11,6 @@ from ctransformers.llm import LLM
 from service.ggml.format import HParams, read_gpt2, read_tensor, write_gpt2
 from service.ggml.tiny import EOT, byte_vocab, make_tiny_gpt2, random_tensors
 
-FIXTURE = Path(__file__).parent / "fixtures" / "ggml-vocab-gpt-2.gguf"
-
 # multi-byte UTF-8 tokens, whole and split mid-character
 MULTIBYTE = ["日本".encode(), "語".encode(), " café".encode(), "🙂".encode(), "🙂".encode()[:2], "é".encode()[1:]]
 
@@ -75,22 +73,9 @@ def test_reader_refuses_foreign_and_truncated_files(tmp_path, tiny_model):
         read_gpt2(tmp_path / "y.bin")
 
 
-def test_real_gpt2_vocabulary_in_a_tiny_model(tmp_path):
-    from gguf import GGUFReader
-
-    field = GGUFReader(FIXTURE).fields["tokenizer.ggml.tokens"]
-    symbols = [bytes(field.parts[i]).decode() for i in field.data]
-    # GPT-2's byte-level symbols back to raw bytes, as the file format stores them
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {chr(b): b for b in printable}
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + n)] = b
-            n += 1
-    vocab = [t.encode() if t == "<|endoftext|>" else bytes(table[c] for c in t) for t in symbols]
-    make_tiny_gpt2(tmp_path / "gpt2.bin", vocab=vocab, n_embd=32, n_head=2, n_layer=1)
-    llm = load(tmp_path / "gpt2.bin")
+def test_real_gpt2_vocabulary_in_a_tiny_model(gpt2_vocab_model):
+    vocab = read_gpt2(gpt2_vocab_model).vocab
+    llm = load(gpt2_vocab_model)
     assert llm.vocab_size == 50257 and llm.eos_token_id == 50256
     assert llm.ctransformers_llm_detokenize(15496) == b"Hello" and llm.ctransformers_llm_detokenize(995) == b" world"
     assert sum(1 for t in vocab if not _is_utf8(t)) > 100  # real tokens that hold part of a character
