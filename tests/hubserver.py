@@ -23,6 +23,7 @@ import json
 import socket
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -37,12 +38,12 @@ class Blob:
     data: bytes
     lfs: bool
 
-    @property
+    @cached_property
     def git_oid(self) -> str:
         """The git blob id, which the Hub sends as ETag of small files."""
         return hashlib.sha1(b"blob %d\0" % len(self.data) + self.data).hexdigest()
 
-    @property
+    @cached_property
     def sha256(self) -> str:
         """The LFS object id, which the Hub sends as X-Linked-Etag."""
         return hashlib.sha256(self.data).hexdigest()
