@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -150,6 +151,8 @@ def _same_revision(asked: str, recorded: str | None) -> bool:
 
 
 class _Installed(NamedTuple):
+    """A model already in the models dir, with its manifest."""
+
     model: Path
     manifest: Manifest
 
@@ -279,7 +282,7 @@ def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, sta
     say(f"Converting to GGML {quant} into {name}")
     try:
         return convert.convert_checkpoint(folder, staging, quant, name=name, source_repo=repo_id,
-                                  revision=_commit_of(folder, listing))
+                                          revision=_commit_of(folder, listing))
     except ValueError as e:
         raise HubError(f"{repo_id}: conversion failed: {one_line(e)}") from None
 
@@ -308,9 +311,9 @@ def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: 
         tokenizer = _copy_tokenizer(folder, plan.tokenizer, staging)
         if tokenizer is None:
             say(f"note: no tokenizer.json for {name}; the server will fall back to ctransformers' tokenizer")
-        parameters = sum(int(_prod(t.shape)) for t in ggml.tensors.values())
-        return _write_ggml_manifest(staging, name=name, repo_id=repo_id, revision=_commit_of(folder, listing), hp=hp,
-                                    parameters=parameters, size=size, sha256=sha256, tokenizer=tokenizer)
+        return _write_ggml_manifest(staging, name=name, repo_id=repo_id, revision=_commit_of(folder, listing),
+                                    hp=hp, parameters=sum(math.prod(t.shape) for t in ggml.tensors.values()),
+                                    size=size, sha256=sha256, tokenizer=tokenizer)
     raise HubError(f"{repo_id} can't be used: no .bin file is a GGML gpt2 file: {'; '.join(rejected)}. "
                    f"MiniVault accepts {ACCEPTED}")
 
@@ -352,14 +355,6 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _prod(shape: tuple[int, ...]) -> int:
-    """Number of elements in a tensor of `shape`."""
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _human(size: int) -> str:
