@@ -1,0 +1,67 @@
+# MiniVault image: quantised GPT-2 (GGML, ctransformers) behind a streaming HTTP API.
+#
+#   docker build -t minivault .                                  # amd64: ctransformers' wheel
+#   docker build --build-arg CTRANSFORMERS_FROM_SOURCE=1 -t minivault .   # compile it instead
+#   docker buildx build --platform linux/arm64 -t minivault .    # arm64: compiled from source
+#
+# Two stages: the builder installs the dependencies and MiniVault into /opt/venv (with a
+# compiler only when ctransformers is built from source); the runtime stage copies the
+# venv onto a fresh base, so no compiler, pip cache or build tool reaches the final image.
+
+FROM python:3.11-slim-bookworm AS builder
+
+# Set by BuildKit and buildah; install-deps.sh asks dpkg when it is empty (legacy builder).
+ARG TARGETARCH
+# auto: from source on every architecture but amd64; 1: always; 0: never.
+ARG CTRANSFORMERS_FROM_SOURCE=auto
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PATH=/opt/venv/bin:$PATH
+
+RUN python -m venv /opt/venv
+WORKDIR /src
+
+# Dependencies first, from pyproject.toml alone: editing the service keeps this layer cached.
+COPY pyproject.toml ./
+COPY docker/install-deps.sh docker/slim-venv.sh docker/
+RUN TARGETARCH="$TARGETARCH" CTRANSFORMERS_FROM_SOURCE="$CTRANSFORMERS_FROM_SOURCE" sh docker/install-deps.sh
+
+COPY README.md ./
+COPY service ./service
+RUN pip install --no-deps . && sh docker/slim-venv.sh /opt/venv
+
+
+FROM python:3.11-slim-bookworm AS runtime
+
+RUN groupadd --gid 10001 minivault \
+ && useradd --uid 10001 --gid minivault --no-log-init --home-dir /home/minivault --create-home \
+        --shell /usr/sbin/nologin minivault \
+ && mkdir -p /models /logs \
+ && chown minivault:minivault /models /logs
+
+COPY --from=builder /opt/venv /opt/venv
+COPY docker/entrypoint.sh docker/init-models.sh docker/healthcheck.py /app/docker/
+
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HOME=/tmp/huggingface \
+    MINIVAULT_HOST=0.0.0.0 \
+    MINIVAULT_PORT=8000 \
+    MINIVAULT_MODELS_DIR=/models \
+    MINIVAULT_LOG_FILE=/logs/log.jsonl
+
+WORKDIR /app
+EXPOSE 8000
+
+# The model loads in about a second: probe often, give start-up 20 s before failures count.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+    CMD ["python", "/app/docker/healthcheck.py"]
+
+# Starts as root only to make the bind-mounted /logs (and /models) writable, then
+# exec's the command as an unprivileged user (see docker/entrypoint.sh); the server is
+# PID 1 and gets SIGTERM itself, which makes it drain running generations.
+ENTRYPOINT ["/app/docker/entrypoint.sh"]
+CMD ["minivault", "serve"]
