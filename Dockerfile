@@ -1,14 +1,15 @@
 # MiniVault image: quantised GPT-2 (GGML, ctransformers) behind a streaming HTTP API.
 #
-#   docker build -t minivault .                                  # amd64: ctransformers' wheel
-#   docker build --build-arg CTRANSFORMERS_FROM_SOURCE=1 -t minivault .   # compile it instead
-#   docker buildx build --platform linux/arm64 -t minivault .    # arm64: compiled from source
+#   docker build -t minivault .                                         # amd64: ctransformers' wheel
+#   docker build --build-arg CTRANSFORMERS_FROM_SOURCE=1 -t minivault .  # compile ctransformers instead
+#   docker buildx build --platform linux/arm64 -t minivault .           # arm64: compiled from source
 #
-# Two stages: the builder installs the dependencies and MiniVault into /opt/venv (with a
-# compiler only when ctransformers is built from source); the runtime stage copies the
-# venv onto a fresh base, so no compiler, pip cache or build tool reaches the final image.
+# Build stages: `deps` installs the dependencies into /opt/venv (with a compiler only when
+# ctransformers is built from source), `venv` strips that venv, `app` installs MiniVault
+# itself. The runtime stage starts again from the bare base image and copies in the
+# stripped venv and MiniVault's files: no compiler, pip, pip cache or build tool.
 
-FROM python:3.11-slim-bookworm AS builder
+FROM python:3.11-slim-bookworm AS deps
 
 # Set by BuildKit and buildah; install-deps.sh asks dpkg when it is empty (legacy builder).
 ARG TARGETARCH
@@ -23,14 +24,21 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 WORKDIR /src
 
-# Dependencies first, from pyproject.toml alone: editing the service keeps this layer cached.
+# From pyproject.toml alone: editing MiniVault's code keeps these layers cached.
 COPY pyproject.toml ./
 COPY docker/install-deps.sh docker/slim-venv.sh docker/
 RUN TARGETARCH="$TARGETARCH" CTRANSFORMERS_FROM_SOURCE="$CTRANSFORMERS_FROM_SOURCE" sh docker/install-deps.sh
 
+
+FROM deps AS venv
+RUN sh docker/slim-venv.sh /opt/venv
+
+
+FROM deps AS app
 COPY README.md ./
 COPY service ./service
-RUN pip install --no-deps . && sh docker/slim-venv.sh /opt/venv
+COPY docker/stage-app.py docker/
+RUN pip install --no-deps --no-build-isolation . && python docker/stage-app.py
 
 
 FROM python:3.11-slim-bookworm AS runtime
@@ -41,7 +49,8 @@ RUN groupadd --gid 10001 minivault \
  && mkdir -p /models /logs \
  && chown minivault:minivault /models /logs
 
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=venv /opt/venv /opt/venv
+COPY --from=app /staging/ /
 COPY docker/entrypoint.sh docker/init-models.sh docker/healthcheck.py /app/docker/
 
 ENV PATH=/opt/venv/bin:$PATH \
@@ -56,8 +65,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 WORKDIR /app
 EXPOSE 8000
 
-# The model loads in about a second: probe often, give start-up 20 s before failures count.
-HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
+# The model loads in a second or two: probe every 5 s (healthy soon after start), give
+# start-up 15 s before failures count, call it unhealthy after 3 misses in a row.
+HEALTHCHECK --interval=5s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "/app/docker/healthcheck.py"]
 
 # Starts as root only to make the bind-mounted /logs (and /models) writable, then

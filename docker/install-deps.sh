@@ -18,6 +18,9 @@ import tomllib
 print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
 PY
 
+# the project itself is built later without build isolation, with these
+pip install "setuptools>=68" wheel
+
 if [ "$from_source" = 1 ]; then
     echo "install-deps: building ctransformers from source for $arch" >&2
     apt-get update
