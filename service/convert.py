@@ -169,7 +169,7 @@ def _weight_files(src: Path) -> list[Path]:
     if pickles:
         raise ValueError(
             f"{src} has {', '.join(pickles)} but no model.safetensors; only safetensors checkpoints are "
-            "accepted (pickle-based weight files can run arbitrary code when loaded)"
+            "accepted (PyTorch .bin/.pt weights are pickles, which can run arbitrary code when loaded)"
         )
     raise ValueError(f"{src} has no model.safetensors (or model.safetensors.index.json)")
 
