@@ -4,19 +4,20 @@
 #
 # Which user runs the command:
 #   - started with --user / `user:` (not root): that user, nothing to fix;
-#   - a writable data dir (/logs, or /models for the init step) owned by a non-root
-#     user, i.e. a host directory bind-mounted as is: that same uid:gid, so the files
-#     MiniVault writes on the host belong to whoever owns the directory;
-#   - otherwise (dirs owned by root, e.g. created by docker for a missing bind-mount
-#     source): the image's `minivault` user, after chown-ing those dirs to it.
-# A dir mounted read-only (the api's /models) is left alone.
+#   - /logs or /models bind-mounted from a host directory owned by a non-root user:
+#     that uid:gid (the first found, /logs first), so what MiniVault writes on the
+#     host belongs to whoever owns the directory;
+#   - otherwise (mounts owned by root, e.g. created by docker for a missing source,
+#     or no mounts): the image's `minivault` user.
+# Then every writable data dir still owned by root is chown-ed to that user (a read-only
+# mount, like the api's /models, is left alone).
 set -eu
 
 if [ "$(id -u)" != 0 ]; then
     exec "$@"
 fi
 
-data_dirs="/logs /models"  # the image's volumes; created in the image, owned by minivault
+data_dirs="/logs /models"  # the volumes (created in the image, owned by minivault)
 run_uid=$(id -u minivault)
 run_gid=$(id -g minivault)
 
@@ -26,21 +27,26 @@ writable() {
 }
 
 for dir in $data_dirs; do
-    if writable "$dir" && [ "$(stat -c %u "$dir")" != 0 ]; then
+    if mountpoint -q "$dir" && [ "$(stat -c %u "$dir")" != 0 ]; then
         run_uid=$(stat -c %u "$dir")
         run_gid=$(stat -c %g "$dir")
         break
     fi
 done
 
+give() {
+    chown "$run_uid:$run_gid" "$1" \
+        || echo "minivault: warning: could not chown $1 to $run_uid:$run_gid; it may not be writable" >&2
+}
+
 for dir in $data_dirs; do
     if writable "$dir" && [ "$(stat -c %u "$dir")" = 0 ]; then
-        chown "$run_uid:$run_gid" "$dir"
+        give "$dir"
     fi
 done
 # a log file left by an earlier root-run container would refuse appends
 if [ -f /logs/log.jsonl ] && [ -w /logs ] && [ "$(stat -c %u /logs/log.jsonl)" = 0 ]; then
-    chown "$run_uid:$run_gid" /logs/log.jsonl
+    give /logs/log.jsonl
 fi
 
 if [ "$run_uid" = "$(id -u minivault)" ]; then

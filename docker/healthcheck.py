@@ -18,11 +18,15 @@ NOBODY = 65534
 
 
 def drop_root() -> None:
-    """Run as nobody when started as root."""
-    if os.getuid() == 0:
+    """Run as nobody when started as root (and allowed to change user)."""
+    if os.getuid() != 0:
+        return
+    try:
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
+    except PermissionError:  # capabilities dropped (cap_drop: ALL): probe as we are
+        pass
 
 
 def main() -> int:
