@@ -72,6 +72,9 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
         if not job.done.is_set():  # the client left: free the worker now
             job.abort()
             await job.done.wait()
+    except asyncio.CancelledError:  # the server gave up on this request (end of the drain period)
+        job.abort()
+        raise
     finally:
         gone.cancel()
         done.cancel()

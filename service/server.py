@@ -18,7 +18,7 @@ def serve(settings: Settings) -> None:
         app,
         host=settings.host,
         port=settings.port,
-        timeout_graceful_shutdown=int(settings.drain_s) or None,
+        timeout_graceful_shutdown=settings.drain_s,  # type: ignore[arg-type] - a float works (asyncio timeout)
         log_level="info",
         access_log=False,
     )

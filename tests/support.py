@@ -63,6 +63,8 @@ class LiveServer:
         full_env = os.environ | {
             "MINIVAULT_MODEL": str(model), "MINIVAULT_LOG_FILE": str(log_file),
             "MINIVAULT_HOST": "127.0.0.1", "MINIVAULT_PORT": str(self.port),
+            # one thread per worker: ggml's spinning thread barrier crawls when other jobs share the cores
+            "MINIVAULT_THREADS": "1", "MINIVAULT_TIMEOUT_S": "600",
         } | env
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.server"], env=full_env, cwd=ROOT,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support import read_log
 
-LONG = {"prompt": "Tell me a long story", "max_new_tokens": 1000}
+LONG = {"prompt": "Tell me a long story", "max_new_tokens": 600}
 
 
 def wait_idle(url: str, timeout: float = 5.0) -> dict:
@@ -42,7 +42,7 @@ def test_stream_first_chunk_arrives_while_generation_runs(start_server, long_mod
         assert len(rest) > 100  # one chunk per token, not one finished text
     server.stop()
     (record,) = read_log(server.log_file)
-    assert record["usage"]["completion_tokens"] == 1000 and record["finish_reason"] == "length"
+    assert (record["usage"]["completion_tokens"], record["finish_reason"]) == (600, "length"), record
 
 
 def test_health_answers_at_once_while_every_worker_is_busy(start_server, long_model):
@@ -74,11 +74,11 @@ def test_disconnect_mid_stream_frees_the_worker(start_server, long_model):
         wait_idle(server.url)
         r = c.post("/generate", json={"prompt": "next", "max_new_tokens": 3})
         assert r.status_code == 200, r.text
-        assert r.json()["timings"]["queue_ms"] < 100
+        assert r.json()["timings"]["queue_ms"] < 500  # vs seconds for the abandoned 600 tokens
     server.stop()
     first, second = read_log(server.log_file)
     assert first["status"] == "cancelled" and first["finish_reason"] == "cancelled"
-    assert 5 <= first["usage"]["completion_tokens"] < 50  # stopped within a few tokens, not at 1000
+    assert 5 <= first["usage"]["completion_tokens"] < 50  # stopped within a few tokens, not at 600
     assert second["status"] == "ok"
 
 
@@ -142,12 +142,12 @@ def test_concurrent_requests_some_cancelled_give_exactly_one_record_each(start_s
 
 
 def test_timeout_ends_generation_with_a_clear_finish_reason(start_server, long_model):
-    server = start_server(long_model, MINIVAULT_TIMEOUT_S="0.3")
+    server = start_server(long_model, MINIVAULT_TIMEOUT_S="1")
     r = httpx.post(server.url + "/generate", json=LONG, timeout=30)
     assert r.status_code == 200
     body = r.json()
     assert body["finish_reason"] == "timeout"
-    assert 0 < body["usage"]["completion_tokens"] < 1000
+    assert 0 < body["usage"]["completion_tokens"] < 600
     server.stop()
     (record,) = read_log(server.log_file)
     assert record["status"] == "timeout" and record["response"] == body["response"]
@@ -180,4 +180,4 @@ def test_sigterm_cancels_what_outlives_the_grace_period(start_server, long_model
             list(chunks)  # cut off after the grace period
     assert server.wait_stopped() == 0
     (record,) = read_log(server.log_file)
-    assert record["status"] == "cancelled" and record["usage"]["completion_tokens"] < 1000
+    assert record["status"] == "cancelled" and record["usage"]["completion_tokens"] < 600

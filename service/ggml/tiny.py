@@ -54,8 +54,7 @@ def make_tiny_gpt2(
 ) -> str:
     """Write a random-weight GPT-2 GGML file and return its sha256.
 
-    With `no_eos`, an untied lm_head whose <|endoftext|> row is zero makes end-of-text
-    (practically) never the likeliest token, so generations run to max_new_tokens.
+    With `no_eos`, end-of-text is never sampled, so generations run to max_new_tokens.
     """
     vocab = vocab if vocab is not None else byte_vocab()
     hp = HParams(len(vocab), n_ctx, n_embd, n_head, n_layer, ftype)
@@ -66,11 +65,22 @@ def make_tiny_gpt2(
 
 
 def _with_eos_silenced(tensors: Iterator[tuple[str, np.ndarray]], eos: int) -> Iterator[tuple[str, np.ndarray]]:
+    """Make end-of-text ~100 logits below every other token, whatever the input.
+
+    The final norm's dimension 0 is pinned to a constant (gain 0, bias 50); an untied lm_head
+    reads that dimension as +1 for every token and -1 for <|endoftext|>.
+    """
     for name, array in tensors:
+        if name == "model/ln_f/g":
+            array[0] = 0.0
+        elif name == "model/ln_f/b":
+            array[0] = 50.0
         yield name, array
         if name == "model/wte":
             head = array.copy()
+            head[:, 0] = 1.0
             head[eos] = 0.0
+            head[eos, 0] = -1.0
             yield "model/lm_head", head
 
 
