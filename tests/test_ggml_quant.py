@@ -113,6 +113,7 @@ def test_fused_multiply_add_build_differs_only_at_rounding_boundaries(ggml_type)
     assert np.count_nonzero(fma != ours) <= 2
 
 
+@functools.cache
 def _runtime_build() -> str:
     from ctransformers.lib import find_library
 
