@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,19 +21,12 @@ from pathlib import Path
 
 import httpx
 
-from service.engine import Engine
-from service.ggml.tiny import EOT, make_tiny_gpt2
-from service.sampling import SamplingParams
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import gpt2_small, start_server, stop_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
+from service.engine import Engine  # noqa: E402
+from service.sampling import SamplingParams  # noqa: E402
 PROMPT = "Once upon a time"
-
-
-def gpt2_small(path: Path, quant: str) -> Path:
-    """A random GPT-2-small-shaped model: 256 byte tokens + distinct filler tokens + <|endoftext|>."""
-    vocab = [bytes([b]) for b in range(256)] + [f"<t{i}>".encode() for i in range(50257 - 257)] + [EOT]
-    make_tiny_gpt2(path, vocab=vocab, n_embd=768, n_head=12, n_layer=12, n_ctx=1024, ftype=quant, no_eos=True)
-    return path
 
 
 def decode_rate(times: list[float], tokens: int) -> float:
@@ -63,22 +55,6 @@ def over_http(client: httpx.Client, params: SamplingParams) -> float:
     return decode_rate([stamps[0], stamps[-1]], params.max_new_tokens)
 
 
-def start_server(model: Path, log: Path, port: int, threads: int) -> subprocess.Popen:
-    env = os.environ | {"MINIVAULT_MODEL": str(model), "MINIVAULT_LOG_FILE": str(log), "MINIVAULT_PORT": str(port),
-                        "MINIVAULT_WORKERS": "1", "MINIVAULT_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "service.server"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not start")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -97,7 +73,7 @@ def main() -> None:
             print(f"{quant}: wrote {model.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             engine = Engine(model, threads=args.threads, instance=100 + i)
             port = 18700 + i
-            server = start_server(model, tmp / "log.jsonl", port, args.threads)
+            server = start_server(model, tmp / "log.jsonl", port, workers=1, threads=args.threads)
             try:
                 with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
                     in_process(engine, SamplingParams(max_new_tokens=8))  # warm both paths
@@ -107,8 +83,7 @@ def main() -> None:
                         inproc.append(in_process(engine, params))
                         http.append(over_http(client, params))
             finally:
-                server.terminate()
-                server.wait()
+                stop_server(server)
                 engine.close()
             results[quant] = {
                 "in_process_tps": statistics.median(inproc), "http_tps": statistics.median(http),
