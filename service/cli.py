@@ -1,4 +1,5 @@
-"""The `minivault` command: talk to a server, run one, and manage the models dir.
+"""The `minivault` command: the app, its shared options, and the commands that talk to a
+server or run one; the models-dir commands are in service/cli_models.py.
 
 Heavy libraries (litestar, uvicorn, ctransformers, huggingface_hub, numpy) and httpx are
 imported inside the commands that need them, so `minivault --help` starts fast.
@@ -10,8 +11,7 @@ import json
 import os
 import sys
 from contextlib import closing, contextmanager
-from pathlib import Path
-from typing import Annotated, Iterator, Literal, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 
@@ -41,25 +41,21 @@ app = typer.Typer(
 
 # --- shared options -----------------------------------------------------------------------
 
-Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
-
-
-def _opt(help: str, *decls: str, **kw) -> typer.models.OptionInfo:
+def opt(help: str, *decls: str, **kw) -> typer.models.OptionInfo:
     """A typer.Option with its help (keeps the signatures below readable)."""
     return typer.Option(*decls, help=help, **kw)
 
 
-Url = Annotated[str, _opt("Server base URL.", envvar="MINIVAULT_URL")]
-Timeout = Annotated[float, _opt("Seconds to wait for the server's answer.", min=0.1)]
-MaxNewTokens = Annotated[Optional[int], _opt("Tokens to generate at most (server default 128).")]
-Temperature = Annotated[Optional[float], _opt("Sampling temperature; 0 is greedy (default 0.8).")]
-TopK = Annotated[Optional[int], _opt("Sample from the k likeliest tokens; 0 is off (default 40).")]
-TopP = Annotated[Optional[float], _opt("Nucleus sampling mass (default 0.95).")]
-RepetitionPenalty = Annotated[Optional[float], _opt("Penalty on repeated tokens; 1 is off (default 1.1).")]
-Seed = Annotated[Optional[int], _opt("Seed: same seed and parameters give the same text.")]
-Stop = Annotated[Optional[list[str]], _opt("A string that ends generation (repeat, up to 4).", metavar="TEXT")]
+Url = Annotated[str, opt("Server base URL.", envvar="MINIVAULT_URL")]
+Timeout = Annotated[float, opt("Seconds to wait for the server's answer.", min=0.1)]
+MaxNewTokens = Annotated[Optional[int], opt("Tokens to generate at most (server default 128).")]
+Temperature = Annotated[Optional[float], opt("Sampling temperature; 0 is greedy (default 0.8).")]
+TopK = Annotated[Optional[int], opt("Sample from the k likeliest tokens; 0 is off (default 40).")]
+TopP = Annotated[Optional[float], opt("Nucleus sampling mass (default 0.95).")]
+RepetitionPenalty = Annotated[Optional[float], opt("Penalty on repeated tokens; 1 is off (default 1.1).")]
+Seed = Annotated[Optional[int], opt("Seed: same seed and parameters give the same text.")]
+Stop = Annotated[Optional[list[str]], opt("A string that ends generation (repeat, up to 4).", metavar="TEXT")]
 Prompt = Annotated[str, typer.Argument(metavar="PROMPT", help="The text to continue; '-' reads it from stdin.")]
-ModelsDir = Annotated[Path, _opt("The models dir.", envvar="MINIVAULT_MODELS_DIR")]
 Text = Optional[str]
 Int = Optional[int]
 Float = Optional[float]
@@ -67,27 +63,34 @@ Float = Optional[float]
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     """One line on stderr, prefixed with the program name."""
     print(f"minivault: {message}", file=sys.stderr, flush=True)
 
 
-def _fail(message: str, code: int) -> typer.Exit:
-    _say(message)
+def fail(message: str, code: int) -> typer.Exit:
+    """Say `message`; the typer.Exit with `code` for the caller to raise."""
+    say(message)
     return typer.Exit(code)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
 @contextmanager
-def _reporting() -> Iterator[None]:
+def reporting() -> Iterator[None]:
     """Turn the expected failures into one stderr line and the documented exit code."""
     from service.client import INTERRUPTED, ClientError
 
     try:
         yield
     except ClientError as exc:
-        raise _fail(exc.message, exc.code) from None
+        raise fail(exc.message, exc.code) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted", INTERRUPTED) from None
+        raise fail("interrupted", INTERRUPTED) from None
     except BrokenPipeError:
         _silence_stdout()  # the reader went away (e.g. `| head`): nothing more to say
         raise typer.Exit(1) from None
@@ -143,7 +146,7 @@ def generate(
     """Generate a completion and print it when done."""
     from service.client import Client
 
-    with _reporting():
+    with reporting():
         body = _body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                      repetition_penalty=repetition_penalty, seed=seed, stop=stop)
         with Client(url, timeout) as client:
@@ -154,7 +157,7 @@ def generate(
         else:
             print(result.get("response", ""), file=out, flush=True)
             if result.get("finish_reason") == "timeout":
-                _say("the generation hit the server's time limit; the text above is cut short")
+                say("the generation hit the server's time limit; the text above is cut short")
 
 
 @app.command()
@@ -179,7 +182,7 @@ def stream(
     out = _lenient_stdout()
     wrote = False
     try:
-        with _reporting():
+        with reporting():
             body = _body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                          top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
             # closing(): on Ctrl-C the generator exits its `with`, closing the connection at once
@@ -202,19 +205,19 @@ def stream(
 
 @app.command()
 def serve(
-    host: Annotated[Text, _opt("Address to listen on [env MINIVAULT_HOST; 127.0.0.1].")] = None,
-    port: Annotated[Int, _opt("Port [env MINIVAULT_PORT; 8000].")] = None,
-    model: Annotated[Text, _opt("GGML model file [env MINIVAULT_MODEL; the one in the models dir].")] = None,
-    models_dir: Annotated[Text, _opt("Models dir [env MINIVAULT_MODELS_DIR; ./models].")] = None,
-    workers: Annotated[Int, _opt("Model instances generating at once [env MINIVAULT_WORKERS; 1].")] = None,
-    threads: Annotated[Int, _opt("Threads per instance; 0 = cores / workers [env MINIVAULT_THREADS].")] = None,
-    max_queue: Annotated[Int, _opt("Requests waiting for a worker before 429 [env MINIVAULT_MAX_QUEUE; 16].")] = None,
-    timeout: Annotated[Float, _opt("Seconds one generation may run [env MINIVAULT_TIMEOUT_S; 120].")] = None,
-    drain: Annotated[Float, _opt("Seconds running generations get to finish on SIGTERM [env MINIVAULT_DRAIN_S; 30].",
-                                 "--drain")] = None,
-    log_file: Annotated[Text, _opt("JSONL request log [env MINIVAULT_LOG_FILE; ./logs/log.jsonl].")] = None,
-    log_prompts: Annotated[Optional[bool], _opt("Record prompts and responses [env MINIVAULT_LOG_PROMPTS; on].",
-                                                "--log-prompts/--no-log-prompts")] = None,
+    host: Annotated[Text, opt("Address to listen on [env MINIVAULT_HOST; 127.0.0.1].")] = None,
+    port: Annotated[Int, opt("Port [env MINIVAULT_PORT; 8000].")] = None,
+    model: Annotated[Text, opt("GGML model file [env MINIVAULT_MODEL; the one in the models dir].")] = None,
+    models_dir: Annotated[Text, opt("Models dir [env MINIVAULT_MODELS_DIR; ./models].")] = None,
+    workers: Annotated[Int, opt("Model instances generating at once [env MINIVAULT_WORKERS; 1].")] = None,
+    threads: Annotated[Int, opt("Threads per instance; 0 = cores / workers [env MINIVAULT_THREADS].")] = None,
+    max_queue: Annotated[Int, opt("Requests waiting for a worker before 429 [env MINIVAULT_MAX_QUEUE; 16].")] = None,
+    timeout: Annotated[Float, opt("Seconds one generation may run [env MINIVAULT_TIMEOUT_S; 120].")] = None,
+    drain: Annotated[Float, opt("Seconds running generations get to finish on SIGTERM [env MINIVAULT_DRAIN_S; 30].",
+                                "--drain")] = None,
+    log_file: Annotated[Text, opt("JSONL request log [env MINIVAULT_LOG_FILE; ./logs/log.jsonl].")] = None,
+    log_prompts: Annotated[Optional[bool], opt("Record prompts and responses [env MINIVAULT_LOG_PROMPTS; on].",
+                                               "--log-prompts/--no-log-prompts")] = None,
 ) -> None:
     """Run the HTTP server.
 
@@ -235,123 +238,17 @@ def serve(
 
         run_server(settings)
     except SettingsError as exc:
-        raise _fail(str(exc), USAGE) from None
+        raise fail(str(exc), USAGE) from None
     except KeyboardInterrupt:  # uvicorn handles SIGINT itself; this is a Ctrl-C during start-up
         raise typer.Exit(130) from None
 
 
 # --- the models dir -----------------------------------------------------------------------
 
-
-@contextmanager
-def _model_errors(*errors: type[BaseException]) -> Iterator[None]:
-    """ValueError, OSError and the given errors (e.g. HubError) from the models code: one line, exit 1."""
-    from service.client import GENERIC
-
-    with _reporting():
-        try:
-            yield
-        except (ValueError, OSError, *errors) as exc:
-            raise _fail(_one_line(exc), GENERIC) from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-REPO_HELP = "Hugging Face repo id: a GPT-2 checkpoint or a GGML gpt2 repo."
-
-
-@app.command()
-def download(
-    repo: Annotated[str, typer.Argument(metavar="REPO", help=REPO_HELP)] = "distilgpt2",
-    quant: Annotated[Quant, _opt("Quantisation when a checkpoint is converted.")] = "q4_0",
-    revision: Annotated[Text, _opt("Branch, tag or commit (default main).")] = None,
-    force: Annotated[bool, _opt("Download and install again even if already installed.", "--force")] = False,
-    models_dir: ModelsDir = Path("models"),
-) -> None:
-    """Download a model from the Hugging Face Hub.
-
-    A GPT-2 checkpoint is converted to GGML at --quant; the model lands in
-    MODELS_DIR/<name>/ and its path is printed.
-    """
-    from service import hub
-
-    with _model_errors(hub.HubError):
-        path = hub.download(repo, models_dir=models_dir, quant=quant, revision=revision, force=force)
-        print(path, flush=True)
-
-
-@app.command()
-def models(
-    models_dir: ModelsDir = Path("models"),
-    as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
-) -> None:
-    """List the models installed in the models dir."""
-    from service import hub
-
-    with _model_errors(hub.HubError):
-        entries = hub.list_models(models_dir)
-        if as_json:
-            import msgspec
-
-            print(msgspec.json.encode(entries).decode(), flush=True)
-            return
-        if not entries:
-            _say(f"no models in {models_dir}; get one with `minivault download`")
-            return
-        print(_models_table(entries), flush=True)
-
-
-def _models_table(entries) -> str:
-    """A plain-text table of ModelEntry rows, a problem (if any) under its model."""
-    rows = [("NAME", "QUANT", "SIZE", "SHA256", "SOURCE", "PATH")]
-    rows += [(e.name, e.quant, _human(e.size), e.sha256[:12], e.source or "-", e.path) for e in entries]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    lines = []
-    for i, row in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
-        problem = getattr(entries[i - 1], "problem", None) if i else None
-        if problem:
-            lines.append(f"  ! {problem}")
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
-
-
-SRC_HELP = "A GPT-2 Hugging Face checkpoint folder: config.json, model.safetensors, a tokenizer."
-
-
-@app.command()
-def convert(
-    src_dir: Annotated[Path, typer.Argument(metavar="SRC_DIR", help=SRC_HELP)],
-    out: Annotated[Path, typer.Argument(metavar="OUT", help="Folder for model.bin, tokenizer.json, manifest.json.")],
-    quant: Annotated[Quant, _opt("How to store the weight matrices.")] = "q4_0",
-    name: Annotated[Text, _opt("Model name for the manifest (default: OUT's name).")] = None,
-    source_repo: Annotated[Text, _opt("Where the checkpoint came from, for the manifest.")] = None,
-    revision: Annotated[Text, _opt("The checkpoint's revision, for the manifest.")] = None,
-    overwrite: Annotated[bool, _opt("Replace a model already in OUT.", "--overwrite")] = False,
-) -> None:
-    """Convert a local GPT-2 checkpoint to GGML.
-
-    Writes OUT/model.bin, tokenizer.json and manifest.json; prints the model path.
-    """
-    with _model_errors():
-        from service.convert import convert_checkpoint
-
-        manifest = convert_checkpoint(src_dir, out, quant, name=name, source_repo=source_repo, revision=revision,
-                                      overwrite=overwrite)
-        _say(f"converted {src_dir} to {manifest.quant}: {manifest.parameters:,} parameters, "
-             f"{_human(manifest.size)}, sha256 {manifest.sha256[:16]}")
-        print(out / manifest.file, flush=True)
+# download, models and convert live in service/cli_models.py and register on `app` when it is
+# imported; importing it here, once the names it takes from this module exist, keeps --help
+# listing them between serve and bench.
+from service import cli_models  # noqa: E402, F401
 
 
 # --- benchmark ----------------------------------------------------------------------------
@@ -362,11 +259,11 @@ BENCH_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
 @app.command()
 def bench(
     url: Url = DEFAULT_URL,
-    concurrency: Annotated[int, _opt("Streams in flight at once.", "--concurrency", "-c", min=1, max=256)] = 4,
-    requests: Annotated[int, _opt("Requests to send in all.", "--requests", "-n", min=1, max=100_000)] = 32,
-    duration: Annotated[float, _opt("Stop after this many seconds even if requests remain.", min=0.1)] = 120.0,
-    prompt: Annotated[str, _opt("The prompt every request sends.")] = BENCH_PROMPT,
-    max_new_tokens: Annotated[int, _opt("Tokens each request asks for.", min=1)] = 128,
+    concurrency: Annotated[int, opt("Streams in flight at once.", "--concurrency", "-c", min=1, max=256)] = 4,
+    requests: Annotated[int, opt("Requests to send in all.", "--requests", "-n", min=1, max=100_000)] = 32,
+    duration: Annotated[float, opt("Stop after this many seconds even if requests remain.", min=0.1)] = 120.0,
+    prompt: Annotated[str, opt("The prompt every request sends.")] = BENCH_PROMPT,
+    max_new_tokens: Annotated[int, opt("Tokens each request asks for.", min=1)] = 128,
     temperature: Temperature = None,
     top_k: TopK = None,
     top_p: TopP = None,
@@ -386,14 +283,14 @@ def bench(
     from service import bench as benchmark
     from service.client import GENERIC, generation_body
 
-    with _reporting():
+    with reporting():
         body = generation_body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
         report = benchmark.run(url, body, requests=requests, concurrency=concurrency, duration=duration,
                                timeout=timeout)
         print(benchmark.to_json(report) if as_json else benchmark.format_report(report), flush=True)
         if report.completed == 0:
-            raise _fail("no request completed", GENERIC)
+            raise fail("no request completed", GENERIC)
 
 
 def main() -> None:
@@ -403,5 +300,5 @@ def main() -> None:
     except Exception as exc:  # a bug, not a user error: one line unless asked for the traceback
         if os.environ.get("MINIVAULT_DEBUG"):
             raise
-        _say(f"internal error: {type(exc).__name__}: {_one_line(exc)} (set MINIVAULT_DEBUG=1 for details)")
+        say(f"internal error: {type(exc).__name__}: {one_line(exc)} (set MINIVAULT_DEBUG=1 for details)")
         raise SystemExit(1) from None
