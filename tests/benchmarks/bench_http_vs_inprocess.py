@@ -79,9 +79,11 @@ def main() -> None:
                     in_process(engine, SamplingParams(max_new_tokens=8))  # warm both paths
                     over_http(client, SamplingParams(max_new_tokens=8))
                     inproc, http = [], []
-                    for _ in range(args.rounds):
+                    for n in range(args.rounds):
                         inproc.append(in_process(engine, params))
                         http.append(over_http(client, params))
+                        print(f"{quant} round {n + 1}: in-process {inproc[-1]:.1f}, HTTP {http[-1]:.1f} tok/s",
+                              file=sys.stderr)
             finally:
                 stop_server(server)
                 engine.close()
