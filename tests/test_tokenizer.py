@@ -18,6 +18,7 @@ from service.tokenizer import (
     UnknownTokenError,
     build_tokenizer_json,
     pre_tokenize,
+    tokenizer_json_bytes,
 )
 from tests.fixtures.gpt2_vocab import (
     gpt2_merges,
@@ -298,4 +299,29 @@ def test_build_refuses_folders_without_a_usable_tokenizer(tmp_path: Path) -> Non
     (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "Unigram", "vocab": []}}))
     with pytest.raises(TokenizerFormatError, match="Unigram"):
         build_tokenizer_json(tmp_path)
+
+
+def test_build_marks_added_and_configured_special_tokens(tmp_path: Path) -> None:
+    write_vocab_merges(tmp_path)
+    vocab = json.loads((tmp_path / "vocab.json").read_text("utf-8")) | {"<|pad|>": 50257}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), "utf-8")
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"<sep>": 50258}))
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"pad_token": {"content": "<|pad|>"},
+                                                                  "unk_token": "<unk>"}))  # not in the vocabulary
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": False, "sep_token": None}))
+    built = GPT2Tokenizer.from_json(build_tokenizer_json(tmp_path))
+    assert built.special_tokens == {EOT: 50256, "<|pad|>": 50257, "<sep>": 50258}
+    assert built.encode("a<|pad|>b<sep>") == [64, 50257, 65, 50258]
+    assert json.loads(tokenizer_json_bytes(tmp_path)) == build_tokenizer_json(tmp_path)
+
+
+def test_tokenizer_json_bytes_keeps_the_folder_file_byte_for_byte(gpt2_json: Path, tmp_path: Path) -> None:
+    raw = gpt2_json.read_bytes().replace(b'"version": "1.0"', b'"version":  "1.0"')  # not as we'd write it
+    assert raw != gpt2_json.read_bytes()
+    (tmp_path / "tokenizer.json").write_bytes(raw)
+    assert tokenizer_json_bytes(tmp_path) == raw
+    (tmp_path / "tokenizer.json").unlink()
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(TokenizerFormatError, match=r"found: vocab\.json\); accepted: tokenizer\.json, or vocab\.json"):
+        tokenizer_json_bytes(tmp_path)
 
