@@ -21,6 +21,7 @@ import numpy as np
 from service.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
 from service.manifest import HParams as ManifestHParams
 from service.manifest import Manifest, Source, utc_now, write_manifest
+from service.tokenizer import bytes_to_unicode, tokenizer_json_bytes
 
 MODEL_FILE = "model.bin"
 TOKENIZER_FILE = "tokenizer.json"
@@ -68,8 +69,8 @@ def convert_checkpoint(
         raise ValueError(f"{src} is not a directory; expected a Hugging Face checkpoint folder")
     hp = _hparams(_read_config(src), quant)
     with _SafeTensors(_weight_files(src)) as weights:
-        tokenizer_json, bpe, added = _tokenizer(src)
-        vocab = _ggml_vocab(bpe, added, hp.n_vocab)
+        tokenizer_json = tokenizer_json_bytes(src)  # checked to be a GPT-2 byte-level BPE
+        vocab = _ggml_vocab(json.loads(tokenizer_json), hp.n_vocab)
         names = _tensor_names(weights, hp)
         _check_destination(out, overwrite)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,105 +262,17 @@ def _tensors(weights: _SafeTensors, names: list[tuple[str, str]], count: list[in
 # --- tokenizer ------------------------------------------------------------------------
 
 
-def _tokenizer(src: Path) -> tuple[bytes, dict[str, int], dict[str, int]]:
-    """The tokenizer.json to install, its BPE vocabulary and its added (special) tokens."""
-    path = src / "tokenizer.json"
-    if path.is_file():
-        raw = path.read_bytes()
-        try:
-            data = json.loads(raw)
-            model = data["model"]
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{path} is not a tokenizers JSON file") from None
-        if model.get("type") != "BPE" or '"ByteLevel"' not in json.dumps([data.get("pre_tokenizer"), data.get("decoder")]):
-            raise ValueError(f"{path} is a {model.get('type')} tokenizer; accepted: GPT-2 byte-level BPE")
-        return raw, model["vocab"], {t["content"]: t["id"] for t in data.get("added_tokens") or []}
-    vocab_file, merges_file = src / "vocab.json", src / "merges.txt"
-    if vocab_file.is_file() and merges_file.is_file():
-        vocab = json.loads(vocab_file.read_text("utf-8"))
-        merges = _read_merges(merges_file)
-        added = _added_tokens(src, vocab)
-        return _tokenizer_json(vocab, merges, added), vocab, added
-    found = sorted(p.name for p in src.iterdir() if "token" in p.name or p.name in ("vocab.json", "merges.txt"))
-    raise ValueError(
-        f"{src} has no usable tokenizer (found: {', '.join(found) or 'none'}); "
-        "accepted: tokenizer.json, or vocab.json together with merges.txt"
-    )
-
-
-def _read_merges(path: Path) -> list[str]:
-    merges = []
-    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line or (n == 1 and line.startswith("#version")):
-            continue
-        if len(line.split(" ")) != 2:
-            raise ValueError(f"{path}:{n}: expected two space-separated symbols, got {line!r}")
-        merges.append(line)
-    return merges
-
-
-def _added_tokens(src: Path, vocab: dict[str, int]) -> dict[str, int]:
-    """Special tokens: added_tokens.json, the special tokens named in the configs, <|endoftext|>."""
-    added: dict[str, int] = {}
-    extra = src / "added_tokens.json"
-    if extra.is_file():
-        added |= json.loads(extra.read_text("utf-8"))
-    named = {"<|endoftext|>"}
-    for cfg in ("special_tokens_map.json", "tokenizer_config.json"):
-        if (src / cfg).is_file():
-            for key, value in json.loads((src / cfg).read_text("utf-8")).items():
-                if key.endswith("_token"):
-                    named.add(value.get("content") if isinstance(value, dict) else value)
-    return added | {t: vocab[t] for t in named if t in vocab}
-
-
-def _tokenizer_json(vocab: dict[str, int], merges: list[str], added: dict[str, int]) -> bytes:
-    """A tokenizers-format GPT-2 tokenizer (byte-level BPE) from its vocab and merges."""
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
-    data = {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [
-            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": True, "special": True}
-            for t, i in sorted(added.items(), key=lambda item: item[1])
-        ],  # fmt: skip
-        "normalizer": None,
-        "pre_tokenizer": byte_level,
-        "post_processor": byte_level | {"trim_offsets": False},
-        "decoder": byte_level,
-        "model": {
-            "type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
-            "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
-            "vocab": vocab, "merges": merges,
-        },  # fmt: skip
-    }
-    return json.dumps(data, ensure_ascii=False, indent=1).encode("utf-8")
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's printable stand-in character for each byte, inverted (char -> byte)."""
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + n)] = b
-            n += 1
-    return chars
-
-
-def _ggml_vocab(bpe: dict[str, int], added: dict[str, int], n_vocab: int) -> list[bytes]:
-    """The raw bytes of every token id; ids the tokenizer does not use get empty bytes.
+def _ggml_vocab(tokenizer: dict[str, Any], n_vocab: int) -> list[bytes]:
+    """The raw bytes of every token id of a tokenizer.json; ids the tokenizer does not use get empty bytes.
 
     BPE tokens are spelled in GPT-2's byte stand-in characters; added tokens are plain text.
     """
+    bpe = tokenizer["model"]["vocab"]
+    added = {t["content"]: t["id"] for t in tokenizer.get("added_tokens") or []}
     top = max([*bpe.values(), *added.values()], default=-1)
     if top >= n_vocab:
         raise ValueError(f"tokenizer has ids up to {top} but the model has only {n_vocab} token embeddings")
-    decoder = _byte_decoder()
+    decoder = {c: b for b, c in bytes_to_unicode().items()}
     vocab = [b""] * n_vocab
     for token, i in bpe.items():
         if all(c in decoder for c in token):

@@ -25,6 +25,7 @@ from service.ggml.format import FTYPES, read_gpt2
 from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
 from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
 from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder, write_atomic
+from service.tokenizer import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]
 
@@ -340,8 +341,7 @@ def _copy_tokenizer(folder: Path, files: list[str], staging: Path) -> str | None
     if not files:
         return None
     try:
-        # the converter's checks, and its vocab.json + merges.txt -> tokenizer.json builder
-        data = convert._tokenizer(folder)[0]
+        data = tokenizer_json_bytes(folder)
     except (ValueError, OSError) as e:
         say(f"note: skipping the repo's tokenizer: {one_line(e)}")
         return None

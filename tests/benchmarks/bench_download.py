@@ -1,8 +1,8 @@
 """`minivault download` end to end on a distilgpt2-shaped repo served by the local Hub server.
 
 Builds a random checkpoint with distilgpt2's shapes (6 layers, 768 wide, 50257 tokens, 1024
-context; model.safetensors in f32 like the real repo), serves it from tests/hubserver.py on
-127.0.0.1 and times, through the real huggingface_hub code path:
+context; model.safetensors in f32 like the real repo) and GPT-2's real vocab.json + merges.txt,
+serves it from tests/hubserver.py on 127.0.0.1 and times, through the real huggingface_hub code path:
   first     resolve + fetch + convert + install (the fetch runs at the Python test server's
             loopback speed, about 100 MB/s on 2 cores)
   again     a second run that finds the model installed (size + sha256 check, one Hub request)
@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from service.hub import download  # noqa: E402
+from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_vocab  # noqa: E402
 from tests.hubserver import HubServer  # noqa: E402
-from tests.test_hub import _byte_chars  # noqa: E402
 
 
 def distilgpt2_shaped(tmp: Path) -> dict[str, bytes]:
-    """A random checkpoint with distilgpt2's shapes, as repo files."""
+    """A random checkpoint with distilgpt2's shapes and GPT-2's tokenizer, as repo files."""
     n_vocab, n_ctx, e, n_layer = 50257, 1024, 768, 6
     rng = np.random.default_rng(0)
 
@@ -54,11 +54,11 @@ def distilgpt2_shaped(tmp: Path) -> dict[str, bytes]:
             p + "mlp.c_proj.weight": w(4 * e, e), p + "mlp.c_proj.bias": np.zeros(e, np.float32),
         }
     save_file(tensors, str(tmp / "model.safetensors"))
-    vocab = {c: i for i, c in enumerate(_byte_chars())} | {"<|endoftext|>": n_vocab - 1}
     config = {"model_type": "gpt2", "vocab_size": n_vocab, "n_positions": n_ctx, "n_ctx": n_ctx, "n_embd": e,
               "n_head": 12, "n_layer": n_layer, "activation_function": "gelu_new"}
     return {"config.json": json.dumps(config).encode(), "model.safetensors": (tmp / "model.safetensors").read_bytes(),
-            "vocab.json": json.dumps(vocab).encode(), "merges.txt": b"#version: 0.2\n"}
+            "vocab.json": json.dumps(gpt2_vocab(), ensure_ascii=False).encode(),
+            "merges.txt": "\n".join(["#version: 0.2", *(f"{a} {b}" for a, b in gpt2_merges())]).encode()}
 
 
 def timed(label: str, fn) -> Path:
