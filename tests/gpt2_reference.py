@@ -17,6 +17,8 @@ from typing import Mapping
 import numpy as np
 from safetensors.numpy import save_file
 
+from service.tokenizer import bytes_to_unicode
+
 EOT = "<|endoftext|>"
 
 # Merges for a small byte-level vocabulary ("Ġ" stands for a space).
@@ -25,19 +27,6 @@ SMALL_MERGES = [
     ("Ġ", "w"), ("o", "r"), ("Ġw", "or"), ("l", "d"), ("Ġwor", "ld"), ("Ġ", "H"), ("e", "l"),
     ("l", "o"), ("el", "lo"), ("Ã", "©"), ("Ġ", "s"), ("o", "n"),
 ]  # fmt: skip
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in character for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, n = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + n)
-            n += 1
-    return table
 
 
 def byte_level_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:

@@ -21,8 +21,9 @@ from service.convert import convert_checkpoint
 from service.ggml import quant
 from service.ggml.format import read_gpt2, read_tensor
 from service.manifest import read_manifest, verify
+from service.tokenizer import bytes_to_unicode
 from tests.gpt2_reference import (
-    EOT, SMALL_MERGES, byte_level_vocab, bytes_to_unicode, forward, ggml_greedy, ggml_logits, random_state,
+    EOT, SMALL_MERGES, byte_level_vocab, forward, ggml_greedy, ggml_logits, random_state,
     reference_greedy, relative_error, write_checkpoint,
 )  # fmt: skip
 

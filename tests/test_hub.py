@@ -25,6 +25,7 @@ from service.ggml.format import read_gpt2
 from service.ggml.tiny import make_tiny_gpt2
 from service.hub import HubError, download, list_models
 from service.manifest import read_manifest
+from service.tokenizer import bytes_to_unicode
 from tests.hubserver import HubServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,26 +75,13 @@ def _sha256(path: Path) -> str:
 # --- tiny GPT-2 checkpoint in Hugging Face layout ---------------------------------------------
 
 
-def _byte_chars() -> list[str]:
-    """GPT-2's byte -> printable character table, in its vocab order."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in keep] + [chars[b] for b in range(256) if b not in keep]
-
-
 def checkpoint_files(tmp: Path, *, n_embd: int = 32, n_layer: int = 2, n_ctx: int = 64,
                      shards: int = 1) -> dict[str, bytes]:
     """A random-weight GPT-2 in Hugging Face layout (written via `tmp`), with a pickle and a README.
 
     With `shards` > 1 the weights are model-0000i-of-0000n.safetensors + their index.
     """
-    vocab = {c: i for i, c in enumerate(_byte_chars())}
+    vocab = {c: i for i, c in enumerate(sorted(bytes_to_unicode().values()))}  # GPT-2's order: printable first
     merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
     for m in merges:
         vocab["".join(m.split())] = len(vocab)
