@@ -14,6 +14,10 @@ Faults for tests, queued per file name and used by its next downloads in order:
 `drop(filename, after=n)` closes the connection after n body bytes; `fail(filename,
 status)` answers an error; `stall(filename, after=n)` sends n bytes, then hangs until
 the server closes.
+
+Also here, for the tests and benchmarks that download through it: `serve_hub`, the body of a
+pytest fixture pointing huggingface_hub at a fresh server, and `gpt2_tensors`, a GPT-2 state
+dict in Hugging Face layout to serve as a checkpoint.
 """
 
 from __future__ import annotations
@@ -26,7 +30,13 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pytest
 
 LFS_SUFFIXES = (".bin", ".safetensors", ".gguf", ".pt")
 
@@ -172,6 +182,35 @@ class HubServer:
                     if blob.lfs and blob.sha256 == sha256:
                         return path, blob
         return None
+
+
+def serve_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubServer]:
+    """Fixture body: a HubServer that huggingface_hub uses, with no token and a fresh cache under tmp_path."""
+    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with HubServer() as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server
+
+
+def gpt2_tensors(n_vocab: int, n_ctx: int, n_embd: int, n_layer: int,
+                 weight: Callable[..., np.ndarray]) -> dict[str, np.ndarray]:
+    """GPT-2 tensors under Hugging Face names: `weight(*shape)` for embeddings and matrices, unit norms, 0 biases."""
+    e = n_embd
+    tensors = {"wte.weight": weight(n_vocab, e), "wpe.weight": weight(n_ctx, e),
+               "ln_f.weight": np.ones(e, np.float32), "ln_f.bias": np.zeros(e, np.float32)}
+    for i in range(n_layer):
+        p = f"h.{i}."
+        tensors |= {
+            p + "ln_1.weight": np.ones(e, np.float32), p + "ln_1.bias": np.zeros(e, np.float32),
+            p + "ln_2.weight": np.ones(e, np.float32), p + "ln_2.bias": np.zeros(e, np.float32),
+            p + "attn.c_attn.weight": weight(e, 3 * e), p + "attn.c_attn.bias": np.zeros(3 * e, np.float32),
+            p + "attn.c_proj.weight": weight(e, e), p + "attn.c_proj.bias": np.zeros(e, np.float32),
+            p + "mlp.c_fc.weight": weight(e, 4 * e), p + "mlp.c_fc.bias": np.zeros(4 * e, np.float32),
+            p + "mlp.c_proj.weight": weight(4 * e, e), p + "mlp.c_proj.bias": np.zeros(e, np.float32),
+        }
+    return tensors
 
 
 class _Handler(BaseHTTPRequestHandler):

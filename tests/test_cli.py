@@ -422,14 +422,9 @@ def test_models_in_an_empty_dir_says_how_to_get_one(tmp_path):
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    from tests.hubserver import HubServer
+    from tests.hubserver import serve_hub
 
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
+    yield from serve_hub(tmp_path, monkeypatch)
 
 
 def test_download_prints_the_model_path_and_models_lists_it(hub, tmp_path):

@@ -26,7 +26,7 @@ from service.ggml.tiny import make_tiny_gpt2
 from service.hub import HubError, download, list_models
 from service.manifest import read_manifest
 from service.tokenizer import bytes_to_unicode
-from tests.hubserver import HubServer
+from tests.hubserver import gpt2_tensors, serve_hub
 
 ROOT = Path(__file__).resolve().parents[1]
 HF_MAJOR = int(huggingface_hub.__version__.split(".")[0])
@@ -34,12 +34,7 @@ HF_MAJOR = int(huggingface_hub.__version__.split(".")[0])
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    for var in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    with HubServer() as server:
-        monkeypatch.setenv("HF_ENDPOINT", server.url)
-        yield server
+    yield from serve_hub(tmp_path, monkeypatch)
 
 
 @pytest.fixture
@@ -92,18 +87,7 @@ def checkpoint_files(tmp: Path, *, n_embd: int = 32, n_layer: int = 2, n_ctx: in
     def w(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * 0.02).astype(np.float32)
 
-    tensors = {"wte.weight": w(n_vocab, e), "wpe.weight": w(n_ctx, e),
-               "ln_f.weight": np.ones(e, np.float32), "ln_f.bias": np.zeros(e, np.float32)}
-    for i in range(n_layer):
-        p = f"h.{i}."
-        tensors |= {
-            p + "ln_1.weight": np.ones(e, np.float32), p + "ln_1.bias": np.zeros(e, np.float32),
-            p + "ln_2.weight": np.ones(e, np.float32), p + "ln_2.bias": np.zeros(e, np.float32),
-            p + "attn.c_attn.weight": w(e, 3 * e), p + "attn.c_attn.bias": np.zeros(3 * e, np.float32),
-            p + "attn.c_proj.weight": w(e, e), p + "attn.c_proj.bias": np.zeros(e, np.float32),
-            p + "mlp.c_fc.weight": w(e, 4 * e), p + "mlp.c_fc.bias": np.zeros(4 * e, np.float32),
-            p + "mlp.c_proj.weight": w(4 * e, e), p + "mlp.c_proj.bias": np.zeros(e, np.float32),
-        }
+    tensors = gpt2_tensors(n_vocab, n_ctx, e, n_layer, w)
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": n_vocab,
               "n_positions": n_ctx, "n_ctx": n_ctx, "n_embd": e, "n_head": 4, "n_layer": n_layer,
               "layer_norm_epsilon": 1e-5, "bos_token_id": n_vocab - 1, "eos_token_id": n_vocab - 1}

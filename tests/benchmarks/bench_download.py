@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.hub import download  # noqa: E402
 from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_vocab  # noqa: E402
-from tests.hubserver import HubServer  # noqa: E402
+from tests.hubserver import HubServer, gpt2_tensors  # noqa: E402
 
 
 def distilgpt2_shaped(tmp: Path) -> dict[str, bytes]:
@@ -41,18 +41,7 @@ def distilgpt2_shaped(tmp: Path) -> dict[str, bytes]:
     def w(*shape: int) -> np.ndarray:
         return rng.standard_normal(shape, dtype=np.float32) * 0.02
 
-    tensors = {"wte.weight": w(n_vocab, e), "wpe.weight": w(n_ctx, e),
-               "ln_f.weight": np.ones(e, np.float32), "ln_f.bias": np.zeros(e, np.float32)}
-    for i in range(n_layer):
-        p = f"h.{i}."
-        tensors |= {
-            p + "ln_1.weight": np.ones(e, np.float32), p + "ln_1.bias": np.zeros(e, np.float32),
-            p + "ln_2.weight": np.ones(e, np.float32), p + "ln_2.bias": np.zeros(e, np.float32),
-            p + "attn.c_attn.weight": w(e, 3 * e), p + "attn.c_attn.bias": np.zeros(3 * e, np.float32),
-            p + "attn.c_proj.weight": w(e, e), p + "attn.c_proj.bias": np.zeros(e, np.float32),
-            p + "mlp.c_fc.weight": w(e, 4 * e), p + "mlp.c_fc.bias": np.zeros(4 * e, np.float32),
-            p + "mlp.c_proj.weight": w(4 * e, e), p + "mlp.c_proj.bias": np.zeros(e, np.float32),
-        }
+    tensors = gpt2_tensors(n_vocab, n_ctx, e, n_layer, w)
     save_file(tensors, str(tmp / "model.safetensors"))
     config = {"model_type": "gpt2", "vocab_size": n_vocab, "n_positions": n_ctx, "n_ctx": n_ctx, "n_embd": e,
               "n_head": 12, "n_layer": n_layer, "activation_function": "gelu_new"}
