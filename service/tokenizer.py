@@ -454,8 +454,7 @@ def _folder_tokenizer(src: Path) -> tuple[dict[str, Any], bytes | None]:
         return data, raw
     vocab_file, merges_file = src / "vocab.json", src / "merges.txt"
     if not (vocab_file.is_file() and merges_file.is_file()):
-        found = sorted(p.name for p in src.iterdir() if "token" in p.name or p.name in ("vocab.json", "merges.txt")) \
-            if src.is_dir() else []
+        found = sorted(p.name for p in src.glob("*") if "token" in p.name or p.name in ("vocab.json", "merges.txt"))
         raise TokenizerFormatError(f"{src} has no usable tokenizer (found: {', '.join(found) or 'none'}); "
                                    "accepted: tokenizer.json, or vocab.json together with merges.txt")
     vocab = _read_json(vocab_file)
