@@ -77,6 +77,7 @@ def test_disconnect_mid_stream_frees_the_worker(start_server, long_model):
         assert r.json()["timings"]["queue_ms"] < 500  # vs seconds for the abandoned 600 tokens
     server.stop()
     first, second = read_log(server.log_file)
+    print(f"disconnected after 6 chunks: the server generated {first['usage']['completion_tokens']} tokens")
     assert first["status"] == "cancelled" and first["finish_reason"] == "cancelled"
     assert 5 <= first["usage"]["completion_tokens"] < 50  # stopped within a few tokens, not at 600
     assert second["status"] == "ok"
