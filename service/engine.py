@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import shutil
 import tempfile
 import threading
@@ -22,7 +21,6 @@ from service.errors import ContextOverflow, GenerationFailed, UnknownToken
 from service.sampling import Sampler, SamplingParams
 from service.textstream import TextStream
 
-log = logging.getLogger("minivault.engine")
 
 PROMPT_BATCH = 32  # prompt tokens evaluated per call: fast, and cancellation is checked between batches
 
