@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from service.fileio import fsync_dir
 from service.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
 from service.manifest import HParams as ManifestHParams
 from service.manifest import Manifest, Source, utc_now, write_manifest
@@ -94,7 +95,7 @@ def convert_checkpoint(
                 tokenizer=TOKENIZER_FILE,
             )
             write_manifest(work, manifest)
-            _fsync_dir(work)
+            fsync_dir(work)
             _move_into_place(work, out, overwrite)
         finally:
             if work.exists():
@@ -294,14 +295,6 @@ def _write_file(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_destination(out: Path, overwrite: bool) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ValueError(f"{out} exists and is not a folder")
@@ -317,6 +310,6 @@ def _move_into_place(work: Path, out: Path, overwrite: bool) -> None:
         old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
         os.rename(out, old)
     os.replace(work, out)  # an empty folder at `out` is replaced
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

@@ -24,7 +24,8 @@ from service import convert
 from service.ggml.format import FTYPES, read_gpt2
 from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
 from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
-from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder, write_atomic
+from service.fileio import write_atomic
+from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder
 from service.tokenizer import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]

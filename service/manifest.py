@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from service.fileio import write_atomic
 
 MANIFEST_NAME = "manifest.json"
 
@@ -78,17 +79,7 @@ def write_manifest(model_dir: str | os.PathLike[str], manifest: Manifest) -> Pat
     """Write `model_dir`/manifest.json atomically (temp file, fsync, rename); return its path."""
     path = Path(model_dir) / MANIFEST_NAME
     data = msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
-    # not mkstemp: its 0600 mode would hide the file from a service running as another user
-    tmp = path.with_name(f".{MANIFEST_NAME}.{secrets.token_hex(4)}.partial")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
     return path
 
 

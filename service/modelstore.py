@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from service.fileio import fsync_dir
 from service.ggml.format import read_gpt2
 from service.manifest import file_sha256, read_manifest
 
@@ -76,13 +77,13 @@ def _alive(pid: int) -> bool:
 
 def install(work: Path, final: Path) -> None:
     """Rename the finished folder into place, moving any previous one aside first."""
-    _fsync_dir(work)
+    fsync_dir(work)
     old = None
     if final.exists():
         old = _unique(work.parent, final.name)
         os.rename(final, old)
     os.rename(work, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
@@ -99,27 +100,6 @@ def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
         fout.flush()
         os.fsync(fout.fileno())
     return size, digest.hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file via a temp name, fsync and rename."""
-    tmp = path.with_name(f".{path.name}.partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable."""
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def list_models(models_dir: str | os.PathLike[str]) -> list[ModelEntry]:

@@ -16,11 +16,11 @@ import json
 import operator
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from service.errors import UnknownToken
+from service.fileio import write_atomic
 from service.pretokenize import pre_tokenize
 
 EOT = "<|endoftext|>"
@@ -324,23 +324,7 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON to `path` via a temp file in the same folder, fsync and rename."""
-    raw = _json_bytes(data)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    write_atomic(path, _json_bytes(data))
 
 
 def read_merges_txt(path: str | os.PathLike[str]) -> list[tuple[str, str]]:

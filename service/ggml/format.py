@@ -20,6 +20,7 @@ from typing import BinaryIO, Iterable, Mapping
 
 import numpy as np
 
+from service.fileio import atomic_file
 from service.ggml import quant
 
 MAGIC = 0x67676D6C
@@ -141,31 +142,24 @@ def write_gpt2(
     path = Path(path)
     expected = gpt2_tensor_shapes(hp)
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
-    tmp = path.with_name(f".{path.name}.partial")
     digest = hashlib.sha256()
     seen: set[str] = set()
-    try:
-        with open(tmp, "wb") as raw:
-            f = _HashingWriter(raw, digest)
-            _write_header(f, hp, vocab)
-            for name, array in items:
-                want = expected.get(name)
-                if want is None and name != "model/lm_head":
-                    raise ValueError(f"unexpected tensor {name!r}")
-                if name == "model/lm_head":
-                    want = expected["model/wte"]
-                if tuple(array.shape) != want:
-                    raise ValueError(f"tensor {name!r} has shape {array.shape}, expected {want}")
-                _write_tensor(f, name, np.asarray(array, dtype=np.float32), tensor_type(name, hp.ftype))
-                seen.add(name)
-            missing = sorted(set(expected) - seen)
-            if missing:
-                raise ValueError(f"missing tensors: {', '.join(missing[:4])}")
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_file(path) as raw:
+        f = _HashingWriter(raw, digest)
+        _write_header(f, hp, vocab)
+        for name, array in items:
+            want = expected.get(name)
+            if want is None and name != "model/lm_head":
+                raise ValueError(f"unexpected tensor {name!r}")
+            if name == "model/lm_head":
+                want = expected["model/wte"]
+            if tuple(array.shape) != want:
+                raise ValueError(f"tensor {name!r} has shape {array.shape}, expected {want}")
+            _write_tensor(f, name, np.asarray(array, dtype=np.float32), tensor_type(name, hp.ftype))
+            seen.add(name)
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise ValueError(f"missing tensors: {', '.join(missing[:4])}")
     return digest.hexdigest()
 
 

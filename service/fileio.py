@@ -1,0 +1,50 @@
+"""Durable file writes: a temp name beside the target, fsync, rename, fsync the folder.
+
+A reader (the server, a second download) sees either the old file or the whole new one.
+Temp files are opened with the process umask rather than mkstemp's 0600, so a model
+installed by one user stays readable by a service running as another.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or a new entry inside `path` durable."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """Open a temp file for `path`; on a clean exit it is synced and renamed over `path`.
+
+    On an exception the temp file is removed and `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically and durably."""
+    with atomic_file(path) as f:
+        f.write(data)
