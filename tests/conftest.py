@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Iterator
 
@@ -10,6 +11,14 @@ import pytest
 from service.config import Settings
 from service.ggml.tiny import make_tiny_gpt2
 from tests.support import LiveServer, Script
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell that starts pytest in the background sets SIGINT to "ignore", and child processes
+    # inherit that, so the Ctrl-C tests would see a CLI that cannot be interrupted. A handler
+    # here makes exec'd children start with the default, as in a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
