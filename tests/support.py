@@ -41,10 +41,10 @@ class Script:
 
 
 def read_log(path: Path) -> list[dict]:
-    """Every record of a JSONL log (each line must parse)."""
+    """Every record of a JSONL log (each line must parse, split as any Unicode-aware reader would)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
 
 
 def free_port() -> int:

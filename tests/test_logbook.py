@@ -31,6 +31,19 @@ def test_concurrent_writers_give_whole_lines(tmp_path):
     assert {(r["writer"], r["i"]) for r in records} == {(n, i) for n in range(8) for i in range(50)}
 
 
+def test_a_record_is_one_line_for_every_line_splitter(tmp_path):
+    # a random model emits any character, NEL and the Unicode line separators included
+    text = "a\x85b\u2028c\u2029d\x1ce\r\nf\u00e9\U0001f600"
+    book = LogBook(tmp_path / "log.jsonl")
+    book.write({"response": text})
+    book.write({"response": "next"})
+    book.close()
+    raw = (tmp_path / "log.jsonl").read_bytes()
+    assert raw.count(b"\n") == 2 and raw.isascii() is False  # other non-ASCII text stays as it is
+    lines = raw.decode().splitlines()
+    assert [json.loads(line)["response"] for line in lines] == [text, "next"]
+
+
 def test_unwritable_log_is_reported_on_stderr_and_the_request_still_succeeds(tiny_model, settings_for, tmp_path,
                                                                              capfd):
     blocked = tmp_path / "not-a-dir"
