@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import shutil
-import struct
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -22,7 +21,9 @@ from service.fileio import fsync_dir
 from service.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
 from service.manifest import HParams as ManifestHParams
 from service.manifest import Manifest, Source, utc_now, write_manifest
-from service.tokenizer import bytes_to_unicode, tokenizer_json_bytes
+from service.safetensors import SafeTensors
+from service.tokenizer import bytes_to_unicode
+from service.tokenizer_files import tokenizer_json_bytes
 
 MODEL_FILE = "model.bin"
 TOKENIZER_FILE = "tokenizer.json"
@@ -69,7 +70,7 @@ def convert_checkpoint(
     if not src.is_dir():
         raise ValueError(f"{src} is not a directory; expected a Hugging Face checkpoint folder")
     hp = _hparams(_read_config(src), quant)
-    with _SafeTensors(_weight_files(src)) as weights:
+    with SafeTensors(_weight_files(src)) as weights:
         tokenizer_json = tokenizer_json_bytes(src)  # checked to be a GPT-2 byte-level BPE
         vocab = _ggml_vocab(json.loads(tokenizer_json), hp.n_vocab)
         names = _tensor_names(weights, hp)
@@ -176,61 +177,7 @@ def _weight_files(src: Path) -> list[Path]:
     raise ValueError(f"{src} has no model.safetensors (or model.safetensors.index.json)")
 
 
-class _SafeTensors:
-    """Memory-mapped reader for safetensors files, returning float32 arrays (bf16 included)."""
-
-    _DTYPES = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F64": "<f8"}
-
-    def __init__(self, paths: list[Path]) -> None:
-        self._maps: list[np.memmap] = []
-        self.index: dict[str, tuple[int, str, tuple[int, ...], int, int]] = {}
-        for path in paths:
-            header, start = self._header(path)
-            data = np.memmap(path, dtype=np.uint8, mode="r")
-            self._maps.append(data)
-            for key, meta in header.items():
-                if key == "__metadata__":
-                    continue
-                try:
-                    dtype, shape, (begin, end) = meta["dtype"], tuple(meta["shape"]), meta["data_offsets"]
-                except (KeyError, TypeError, ValueError):
-                    raise ValueError(f"{path}: damaged entry for tensor {key!r}") from None
-                if dtype not in self._DTYPES:
-                    raise ValueError(f"{path}: tensor {key!r} has dtype {dtype}; accepted: {', '.join(self._DTYPES)}")
-                size = int(np.prod(shape)) * np.dtype(self._DTYPES[dtype]).itemsize
-                if not 0 <= begin <= end or end - begin != size or start + end > len(data):
-                    raise ValueError(f"{path}: tensor {key!r} has inconsistent offsets (file damaged?)")
-                self.index[key] = (len(self._maps) - 1, dtype, shape, start + begin, start + end)
-
-    @staticmethod
-    def _header(path: Path) -> tuple[dict[str, Any], int]:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            (n,) = struct.unpack("<Q", head) if len(head) == 8 else (-1,)
-            if not 0 < n <= 100 << 20:
-                raise ValueError(f"{path} is not a safetensors file")
-            try:
-                header = json.loads(f.read(n))
-                assert isinstance(header, dict)
-            except (ValueError, AssertionError):
-                raise ValueError(f"{path} has a damaged safetensors header") from None
-        return header, 8 + n
-
-    def get(self, key: str) -> np.ndarray:
-        i, dtype, shape, begin, end = self.index[key]
-        raw = self._maps[i][begin:end].view(self._DTYPES[dtype]).reshape(shape)
-        if dtype == "BF16":  # bfloat16 is the top half of a float32
-            return (raw.astype(np.uint32) << 16).view(np.float32)
-        return raw.astype(np.float32)
-
-    def __enter__(self) -> "_SafeTensors":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._maps.clear()  # the maps close once no array refers to them
-
-
-def _tensor_names(weights: _SafeTensors, hp: HParams) -> list[tuple[str, str]]:
+def _tensor_names(weights: SafeTensors, hp: HParams) -> list[tuple[str, str]]:
     """(GGML name, checkpoint key) pairs in file order, checking nothing is missing or unknown."""
     keys = set(weights.index)
     prefix = "transformer." if any(k.startswith("transformer.") for k in keys) else ""
@@ -250,7 +197,7 @@ def _tensor_names(weights: _SafeTensors, hp: HParams) -> list[tuple[str, str]]:
     return names
 
 
-def _tensors(weights: _SafeTensors, names: list[tuple[str, str]], count: list[int]) -> Iterator[tuple[str, np.ndarray]]:
+def _tensors(weights: SafeTensors, names: list[tuple[str, str]], count: list[int]) -> Iterator[tuple[str, np.ndarray]]:
     """Checkpoint tensors under GGML names; Conv1D (in, out) matrices become GGML's (out, in)."""
     for ggml_name, key in names:
         array = weights.get(key)

@@ -26,7 +26,7 @@ from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listin
 from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
 from service.fileio import write_atomic
 from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder
-from service.tokenizer import tokenizer_json_bytes
+from service.tokenizer_files import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]
 

@@ -16,10 +16,9 @@ from service.tokenizer import (
     GPT2Tokenizer,
     TokenizerFormatError,
     UnknownTokenError,
-    build_tokenizer_json,
     pre_tokenize,
-    tokenizer_json_bytes,
 )
+from service.tokenizer_files import build_tokenizer_json, tokenizer_json_bytes
 from tests.fixtures.gpt2_vocab import (
     gpt2_merges,
     gpt2_vocab,
