@@ -16,11 +16,10 @@ import os
 import re
 import shutil
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from service import convert
+from service import convert, repoplan
 from service.ggml.format import FTYPES, read_gpt2
 from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
 from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
@@ -33,30 +32,7 @@ __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download"
 DEFAULT_REPO = "distilgpt2"
 DEFAULT_QUANT = "q4_0"
 
-CHECKPOINT_FILES = ["config.json", "model.safetensors", "tokenizer.json", "vocab.json", "merges.txt",
-                    "generation_config.json"]
-ACCEPTED = ("a GPT-2 checkpoint (config.json with model_type gpt2 + model.safetensors) "
-            "or a GGML gpt2 .bin file")
-# *.bin files that are PyTorch pickles or training state, never GGML.
-_NOT_GGML = ("pytorch_model", "training_args", "optimizer", "scheduler", "rng_state", "adapter_model")
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf",
-                    ".ggml", ".pkl")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_SHARD_INDEX = "model.safetensors.index.json"
-_SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
-
-
-class _Refused(HubError):
-    """The repo holds nothing MiniVault can run."""
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """How to install a repo."""
-
-    kind: str  # "checkpoint" | "ggml"
-    files: list[str]  # checkpoint: files to fetch; ggml: candidate .bin files, best first
-    tokenizer: list[str]  # ggml: tokenizer files to fetch alongside
 
 
 def say(message: str) -> None:
@@ -100,8 +76,8 @@ def download(
             and _fits(installed.manifest, quant, listing.files):
         return _keep(installed)
     try:
-        plan = _plan(hub, repo_id, listing, quant)
-    except _Refused:
+        plan = repoplan.plan(repo_id, set(listing.files), _model_type(hub, repo_id, listing), quant)
+    except repoplan.Refused:
         if not listing.local:
             raise
         shown = ", ".join(sorted(listing.files)[:5]) or "nothing"
@@ -191,7 +167,7 @@ def _fits(manifest: Manifest, quant: str, files: list[str] | None) -> bool:
     """
     if manifest.source.kind != "ggml" or manifest.quant == quant:
         return True
-    return files is not None and not any(quant in f.lower() for f in _ggml_candidates(set(files), quant))
+    return files is not None and not any(quant in f.lower() for f in repoplan.ggml_candidates(set(files), quant))
 
 
 def _keep(installed: _Installed) -> Path:
@@ -220,63 +196,10 @@ def _check_target(final: Path, repo_id: str, force: bool) -> None:
         raise HubError(f"{final} already holds {origin}; pass --force to replace it")
 
 
-# --- what the repo holds --------------------------------------------------------------------
-
-
-def _plan(hub: Hub, repo_id: str, listing: Listing, quant: str) -> _Plan:
-    """Decide how to install the repo from its file list, or refuse it."""
-    files = set(listing.files)
-    model_type = None
-    if "config.json" in files:
-        config = _read_json(hub.download_file(repo_id, "config.json", listing))
-        model_type = config.get("model_type") if isinstance(config, dict) else None
-        if model_type == "gpt2" and "model.safetensors" in files:
-            return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files], [])
-        if model_type == "gpt2" and _SHARD_INDEX in files:
-            shards = sorted(f for f in files if _SHARD.fullmatch(f))
-            return _Plan("checkpoint", [f for f in CHECKPOINT_FILES if f in files] + [_SHARD_INDEX, *shards], [])
-    candidates = _ggml_candidates(files, quant)
-    if candidates:
-        tokenizer = ["tokenizer.json"] if "tokenizer.json" in files else (
-            ["vocab.json", "merges.txt"] if {"vocab.json", "merges.txt"} <= files else [])
-        return _Plan("ggml", candidates, tokenizer)
-    raise _Refused(_refusal(repo_id, files, model_type))
-
-
-def _ggml_candidates(files: set[str], quant: str) -> list[str]:
-    """*.bin files that may be GGML: matching the quant first, then named ggml, then top-level."""
-    bins = [f for f in files if f.endswith(".bin") and not f.rsplit("/", 1)[-1].startswith(_NOT_GGML)]
-    return sorted(bins, key=lambda f: (quant not in f.lower(), "ggml" not in f.lower(), "/" in f, f))
-
-
-def _refusal(repo_id: str, files: set[str], model_type: str | None) -> str:
-    """One line: what the repo holds, and what MiniVault accepts."""
-    found = []
-    if "config.json" in files:
-        found.append(f"config.json (model_type {model_type!r})" if model_type else "config.json (no model_type)")
-    weights = sorted(f for f in files if f.endswith(_WEIGHT_SUFFIXES))
-    found += weights[:6] + ([f"{len(weights) - 6} more weight files"] if len(weights) > 6 else [])
-    if not weights:
-        found.append("no weight files" + (f" ({', '.join(sorted(files)[:5])})" if files else ""))
-    if model_type not in (None, "gpt2"):
-        hint = f"model_type {model_type!r} is not GPT-2"
-    elif any(f.endswith(".gguf") for f in weights):
-        hint = "GGUF is not supported, only the older GGML gpt2 format"
-    elif any(f.endswith(".safetensors") for f in weights) and not {"model.safetensors", _SHARD_INDEX} & files:
-        hint = f"the weights must be model.safetensors (or shards listed in {_SHARD_INDEX})"
-    elif any(f.rsplit("/", 1)[-1].startswith("pytorch_model") for f in weights):
-        hint = "pytorch_model.bin is a pickle and is never loaded; convert it to model.safetensors first"
-    elif {"model.safetensors", _SHARD_INDEX} & files:
-        hint = "model.safetensors needs a config.json with model_type gpt2 beside it"
-    else:
-        hint = "nothing here is a model MiniVault can run"
-    return f"{repo_id} can't be used: found {', '.join(found)}; {hint}. MiniVault accepts {ACCEPTED}"
-
-
 # --- fetching and assembling ----------------------------------------------------------------
 
 
-def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: Path, name: str,
+def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: repoplan.Plan, staging: Path, name: str,
                       quant: str):
     """Download the checkpoint's files and convert them into `staging`."""
     say(f"{repo_id}@{listing.commit[:7]} is a GPT-2 safetensors checkpoint; fetching {', '.join(plan.files)}")
@@ -289,7 +212,7 @@ def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, sta
         raise HubError(f"{repo_id}: conversion failed: {one_line(e)}") from None
 
 
-def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: Path, name: str, quant: str):
+def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: repoplan.Plan, staging: Path, name: str, quant: str):
     """Download the first candidate that really is a GGML gpt2 file, as is, into `staging`."""
     rejected = []
     for candidate in plan.files:
@@ -317,7 +240,7 @@ def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: _Plan, staging: 
                                     hp=hp, parameters=sum(math.prod(t.shape) for t in ggml.tensors.values()),
                                     size=size, sha256=sha256, tokenizer=tokenizer)
     raise HubError(f"{repo_id} can't be used: no .bin file is a GGML gpt2 file: {'; '.join(rejected)}. "
-                   f"MiniVault accepts {ACCEPTED}")
+                   f"MiniVault accepts {repoplan.ACCEPTED}")
 
 
 def _commit_of(folder: Path, listing: Listing) -> str:
@@ -348,6 +271,14 @@ def _copy_tokenizer(folder: Path, files: list[str], staging: Path) -> str | None
         return None
     write_atomic(staging / "tokenizer.json", data)
     return "tokenizer.json"
+
+
+def _model_type(hub: Hub, repo_id: str, listing: Listing) -> str | None:
+    """The model_type of the repo's config.json, if it has one."""
+    if "config.json" not in listing.files:
+        return None
+    config = _read_json(hub.download_file(repo_id, "config.json", listing))
+    return config.get("model_type") if isinstance(config, dict) else None
 
 
 def _read_json(path: Path) -> object:
