@@ -13,13 +13,15 @@ if [ "$from_source" = auto ]; then
     if [ "$arch" = amd64 ]; then from_source=0; else from_source=1; fi
 fi
 
-python - <<'PY' > /tmp/requirements.txt
+python - <<'PY'
 import tomllib
-print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))
+project = tomllib.load(open("pyproject.toml", "rb"))
+open("/tmp/requirements.txt", "w").write("\n".join(project["project"]["dependencies"]) + "\n")
+open("/tmp/build-requirements.txt", "w").write("\n".join(project["build-system"]["requires"]) + "\n")
 PY
 
-# the project itself is built later without build isolation, with these
-pip install "setuptools>=68" wheel
+# the project itself is built later without build isolation, with its declared build backend
+pip install -r /tmp/build-requirements.txt
 
 if [ "$from_source" = 1 ]; then
     echo "install-deps: building ctransformers from source for $arch" >&2
