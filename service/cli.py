@@ -1,5 +1,5 @@
-"""The `minivault` command: the app, its shared options, and the commands that talk to a
-server or run one; the models-dir commands are in service/cli_models.py.
+"""The `minivault` command: the app, its shared options and error reporting, and `serve`;
+the client commands are in service/cli_client.py, the models-dir ones in service/cli_models.py.
 
 Heavy libraries (litestar, uvicorn, ctransformers, huggingface_hub, numpy) and httpx are
 imported inside the commands that need them, so `minivault --help` starts fast.
@@ -7,10 +7,9 @@ imported inside the commands that need them, so `minivault --help` starts fast.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from typing import Annotated, Iterator, Optional
 
 import typer
@@ -105,99 +104,12 @@ def _silence_stdout() -> None:
         pass
 
 
-def _lenient_stdout():
-    """stdout that writes what its encoding can't show as '?' instead of failing mid-stream."""
-    try:
-        sys.stdout.reconfigure(errors="replace")  # type: ignore[union-attr]
-    except (AttributeError, ValueError):
-        pass
-    return sys.stdout
+# --- commands -------------------------------------------------------------------------------
 
-
-def _prompt_text(prompt: str) -> str:
-    if prompt == "-":
-        return sys.stdin.read()
-    return prompt
-
-
-def _body(prompt: str, **params) -> dict:
-    from service.client import generation_body
-
-    return generation_body(_prompt_text(prompt), **params)
-
-
-# --- client commands ----------------------------------------------------------------------
-
-
-@app.command()
-def generate(
-    prompt: Prompt,
-    url: Url = DEFAULT_URL,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = None,
-    top_k: TopK = None,
-    top_p: TopP = None,
-    repetition_penalty: RepetitionPenalty = None,
-    seed: Seed = None,
-    stop: Stop = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full JSON response.")] = False,
-    timeout: Timeout = 300.0,
-) -> None:
-    """Generate a completion and print it when done."""
-    from service.client import Client
-
-    with reporting():
-        body = _body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     repetition_penalty=repetition_penalty, seed=seed, stop=stop)
-        with Client(url, timeout) as client:
-            result = client.generate(body)
-        out = _lenient_stdout()
-        if as_json:
-            print(json.dumps(result, indent=2, ensure_ascii=False), file=out, flush=True)
-        else:
-            print(result.get("response", ""), file=out, flush=True)
-            if result.get("finish_reason") == "timeout":
-                say("the generation hit the server's time limit; the text above is cut short")
-
-
-@app.command()
-def stream(
-    prompt: Prompt,
-    url: Url = DEFAULT_URL,
-    max_new_tokens: MaxNewTokens = None,
-    temperature: Temperature = None,
-    top_k: TopK = None,
-    top_p: TopP = None,
-    repetition_penalty: RepetitionPenalty = None,
-    seed: Seed = None,
-    stop: Stop = None,
-    timeout: Timeout = 300.0,
-) -> None:
-    """Print the completion token by token, as it is produced.
-
-    Ctrl-C closes the connection, which cancels the generation on the server.
-    """
-    from service.client import Client
-
-    out = _lenient_stdout()
-    wrote = False
-    try:
-        with reporting():
-            body = _body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
-            # closing(): on Ctrl-C the generator exits its `with`, closing the connection at once
-            with Client(url, timeout) as client, closing(client.stream(body)) as chunks:
-                for chunk in chunks:
-                    out.write(chunk)
-                    out.flush()
-                    wrote = True
-    finally:
-        if wrote:
-            try:
-                out.write("\n")
-                out.flush()
-            except (BrokenPipeError, ValueError):
-                pass
+# The client commands (generate, stream, bench) live in service/cli_client.py and the models
+# dir's (download, models, convert) in service/cli_models.py; each registers on `app` when
+# imported, which needs the names above, and the import order is the order --help lists them.
+from service import cli_client  # noqa: E402, F401
 
 
 # --- the server ---------------------------------------------------------------------------
@@ -243,54 +155,7 @@ def serve(
         raise typer.Exit(130) from None
 
 
-# --- the models dir -----------------------------------------------------------------------
-
-# download, models and convert live in service/cli_models.py and register on `app` when it is
-# imported; importing it here, once the names it takes from this module exist, keeps --help
-# listing them between serve and bench.
 from service import cli_models  # noqa: E402, F401
-
-
-# --- benchmark ----------------------------------------------------------------------------
-
-BENCH_PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
-
-
-@app.command()
-def bench(
-    url: Url = DEFAULT_URL,
-    concurrency: Annotated[int, opt("Streams in flight at once.", "--concurrency", "-c", min=1, max=256)] = 4,
-    requests: Annotated[int, opt("Requests to send in all.", "--requests", "-n", min=1, max=100_000)] = 32,
-    duration: Annotated[float, opt("Stop after this many seconds even if requests remain.", min=0.1)] = 120.0,
-    prompt: Annotated[str, opt("The prompt every request sends.")] = BENCH_PROMPT,
-    max_new_tokens: Annotated[int, opt("Tokens each request asks for.", min=1)] = 128,
-    temperature: Temperature = None,
-    top_k: TopK = None,
-    top_p: TopP = None,
-    repetition_penalty: RepetitionPenalty = None,
-    seed: Seed = None,
-    stop: Stop = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
-    timeout: Timeout = 300.0,
-) -> None:
-    """Load-test a server's /generate/stream.
-
-    Sends --requests streaming requests, --concurrency at a time, for at most --duration
-    seconds; reports requests/s, time to first token (TTFT) and inter-token latency (ITL)
-    percentiles, aggregate and per-stream tokens/s, and errors by status. Tokens are
-    counted as streamed chunks (the server sends one per token).
-    """
-    from service import bench as benchmark
-    from service.client import GENERIC, generation_body
-
-    with reporting():
-        body = generation_body(prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                               top_p=top_p, repetition_penalty=repetition_penalty, seed=seed, stop=stop)
-        report = benchmark.run(url, body, requests=requests, concurrency=concurrency, duration=duration,
-                               timeout=timeout)
-        print(benchmark.to_json(report) if as_json else benchmark.format_report(report), flush=True)
-        if report.completed == 0:
-            raise fail("no request completed", GENERIC)
 
 
 def main() -> None:
