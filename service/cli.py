@@ -14,6 +14,8 @@ from typing import Annotated, Iterator, Optional
 
 import typer
 
+from service.errors import one_line
+
 EXIT_TABLE = """\
 \b
 Exit codes:
@@ -71,12 +73,6 @@ def fail(message: str, code: int) -> typer.Exit:
     """Say `message`; the typer.Exit with `code` for the caller to raise."""
     say(message)
     return typer.Exit(code)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line (its type's name when it has none)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 @contextmanager

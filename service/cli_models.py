@@ -12,7 +12,8 @@ from typing import Annotated, Iterator, Literal
 
 import typer
 
-from service.cli import Text, app, fail, one_line, opt, reporting, say
+from service.cli import Text, app, fail, opt, reporting, say
+from service.errors import one_line
 
 Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
 ModelsDir = Annotated[Path, opt("The models dir.", envvar="MINIVAULT_MODELS_DIR")]

@@ -7,6 +7,8 @@ from typing import Any, Iterator
 
 import httpx
 
+from service.errors import one_line
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 # Exit codes of the `minivault` command (its --help lists them too: keep both in step).
@@ -92,7 +94,7 @@ class Client:
                 base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0), trust_env=not is_loopback(self.url)
             )
         except httpx.InvalidURL as exc:
-            raise ClientError(f"bad server URL {self.url!r}: {_reason(exc)}", USAGE) from None
+            raise ClientError(f"bad server URL {self.url!r}: {one_line(exc)}", USAGE) from None
 
     def __enter__(self) -> "Client":
         return self
@@ -154,7 +156,7 @@ class _Translate:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> bool:
         if isinstance(exc, httpx.InvalidURL):
-            raise ClientError(f"bad server URL {self.url!r}: {_reason(exc)}", USAGE) from None
+            raise ClientError(f"bad server URL {self.url!r}: {one_line(exc)}", USAGE) from None
         if not isinstance(exc, httpx.HTTPError):
             return False
         raise translate(exc, self.url) from None
@@ -163,20 +165,15 @@ class _Translate:
 def translate(exc: httpx.HTTPError, url: str) -> ClientError:
     """The ClientError for an httpx transport failure."""
     if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
-        return ClientError(f"cannot reach the server at {url}: {_reason(exc)} (is `minivault serve` running?)",
+        return ClientError(f"cannot reach the server at {url}: {one_line(exc)} (is `minivault serve` running?)",
                            UNREACHABLE)
     if isinstance(exc, httpx.UnsupportedProtocol):
-        return ClientError(f"bad server URL {url!r}: {_reason(exc)}", USAGE)
+        return ClientError(f"bad server URL {url!r}: {one_line(exc)}", USAGE)
     if isinstance(exc, httpx.TimeoutException):
         return ClientError(f"the server at {url} did not answer in time ({type(exc).__name__})", GENERIC)
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
-        return ClientError(f"the connection to {url} was cut mid-response: {_reason(exc)}", GENERIC)
-    return ClientError(f"request to {url} failed: {_reason(exc)}", GENERIC)
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+        return ClientError(f"the connection to {url} was cut mid-response: {one_line(exc)}", GENERIC)
+    return ClientError(f"request to {url} failed: {one_line(exc)}", GENERIC)
 
 
 def _utf8_decoder():

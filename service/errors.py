@@ -64,3 +64,8 @@ def status_and_type(error: ServiceError) -> tuple[int, str]:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]
     return 500, "internal_error"
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none), for a user."""
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from service import convert, repoplan
-from service.ggml.format import FTYPES, read_gpt2
-from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, one_line, remote_listing
-from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
+from service.errors import one_line
 from service.fileio import write_atomic
+from service.ggml.format import FTYPES, read_gpt2
+from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, remote_listing
+from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
 from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder
 from service.tokenizer_files import tokenizer_json_bytes
 

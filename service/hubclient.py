@@ -17,6 +17,8 @@ from typing import Iterator
 from huggingface_hub import HfApi, hf_hub_download, scan_cache_dir, snapshot_download
 from huggingface_hub import utils as hf_utils
 
+from service.errors import one_line
+
 
 class HubError(Exception):
     """The Hub can't give us a usable model; the message is one line for the user."""
@@ -167,8 +169,3 @@ def _hub_errors(hub: Hub, repo_id: str, listing: Listing) -> Iterator[None]:
                        "run the command again") from None
     except OSError as e:  # e.g. the size check after a cut-off download, or a full disk
         raise HubError(f"download of {repo_id}@{rev} failed: {one_line(e)[:300]}") from None
-
-
-def one_line(e: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(e).split()) or type(e).__name__

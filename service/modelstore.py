@@ -16,6 +16,7 @@ from pathlib import Path
 
 import msgspec
 
+from service.errors import one_line
 from service.fileio import fsync_dir
 from service.ggml.format import read_gpt2
 from service.manifest import file_sha256, read_manifest
@@ -126,7 +127,7 @@ def _managed_entry(model: Path, name: str) -> ModelEntry:
         manifest = read_manifest(model)
     except (OSError, ValueError, msgspec.MsgspecError) as e:
         entry = _bare_entry(model, name)
-        return msgspec.structs.replace(entry, problem=entry.problem or f"unreadable manifest: {_one_line(e)}")
+        return msgspec.structs.replace(entry, problem=entry.problem or f"unreadable manifest: {one_line(e)}")
     if manifest is None:
         return _bare_entry(model, name)
     size = model.stat().st_size
@@ -145,11 +146,6 @@ def _bare_entry(model: Path, name: str) -> ModelEntry:
     try:
         quant = read_gpt2(model).hparams.ftype
     except (ValueError, OSError, UnicodeDecodeError) as e:
-        quant, problem = "?", _one_line(e).replace(str(model), model.name)
+        quant, problem = "?", one_line(e).replace(str(model), model.name)
     return ModelEntry(name=name, path=str(model), quant=quant, size=model.stat().st_size, source=None,
                       sha256=file_sha256(model), problem=problem)
-
-
-def _one_line(e: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(e).split()) or type(e).__name__
