@@ -77,8 +77,10 @@ def models(
 
 def _models_table(entries) -> str:
     """A plain-text table of ModelEntry rows, a problem (if any) under its model."""
+    from service.modelstore import human_size
+
     rows = [("NAME", "QUANT", "SIZE", "SHA256", "SOURCE", "PATH")]
-    rows += [(e.name, e.quant, _human(e.size), e.sha256[:12], e.source or "-", e.path) for e in entries]
+    rows += [(e.name, e.quant, human_size(e.size), e.sha256[:12], e.source or "-", e.path) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for i, row in enumerate(rows):
@@ -87,16 +89,6 @@ def _models_table(entries) -> str:
         if problem:
             lines.append(f"  ! {problem}")
     return "\n".join(line.rstrip() for line in lines)
-
-
-def _human(size: int) -> str:
-    """A byte count in B, KB, MB or GB."""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
 
 
 @app.command()
@@ -115,9 +107,10 @@ def convert(
     """
     with _model_errors():
         from service.convert import convert_checkpoint
+        from service.modelstore import human_size
 
         manifest = convert_checkpoint(src_dir, out, quant, name=name, source_repo=source_repo, revision=revision,
                                       overwrite=overwrite)
         say(f"converted {src_dir} to {manifest.quant}: {manifest.parameters:,} parameters, "
-            f"{_human(manifest.size)}, sha256 {manifest.sha256[:16]}")
+            f"{human_size(manifest.size)}, sha256 {manifest.sha256[:16]}")
         print(out / manifest.file, flush=True)

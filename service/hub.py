@@ -25,7 +25,7 @@ from service.fileio import write_atomic
 from service.ggml.format import FTYPES, read_gpt2
 from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, remote_listing
 from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
-from service.modelstore import ModelEntry, copy_hashed, install, list_models, work_folder
+from service.modelstore import ModelEntry, copy_hashed, human_size, install, list_models, work_folder
 from service.tokenizer_files import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]
@@ -98,7 +98,7 @@ def download(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     model = final / "model.bin"
-    say(f"Installed {model} ({_human(manifest.size)}, {manifest.quant}, sha256 {manifest.sha256[:16]}…)")
+    say(f"Installed {model} ({human_size(manifest.size)}, {manifest.quant}, sha256 {manifest.sha256[:16]}…)")
     return model
 
 
@@ -288,12 +288,3 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-
-
-def _human(size: int) -> str:
-    """A byte count for people."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

@@ -103,6 +103,16 @@ def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
+def human_size(size: int) -> str:
+    """A byte count in B, KB, MB or GB."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"
+
+
 def list_models(models_dir: str | os.PathLike[str]) -> list[ModelEntry]:
     """Every model in `models_dir`: models/<name>/model.bin folders and bare *.bin files.
 
