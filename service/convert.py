@@ -17,10 +17,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from service.fileio import fsync_dir
+from service.fileio import write_atomic
 from service.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
 from service.manifest import HParams as ManifestHParams
 from service.manifest import Manifest, Source, utc_now, write_manifest
+from service.modelstore import install
 from service.safetensors import SafeTensors
 from service.tokenizer import bytes_to_unicode
 from service.tokenizer_files import tokenizer_json_bytes
@@ -81,7 +82,7 @@ def convert_checkpoint(
         try:
             count = [0]
             sha256 = write_gpt2(work / MODEL_FILE, hp, vocab, _tensors(weights, names, count))
-            _write_file(work / TOKENIZER_FILE, tokenizer_json)
+            write_atomic(work / TOKENIZER_FILE, tokenizer_json)
             manifest = Manifest(
                 name=name or out.name,
                 file=MODEL_FILE,
@@ -96,8 +97,8 @@ def convert_checkpoint(
                 tokenizer=TOKENIZER_FILE,
             )
             write_manifest(work, manifest)
-            fsync_dir(work)
-            _move_into_place(work, out, overwrite)
+            _check_destination(out, overwrite)  # again: `out` may have been filled meanwhile
+            install(work, out)
         finally:
             if work.exists():
                 shutil.rmtree(work)
@@ -235,28 +236,8 @@ def _ggml_vocab(tokenizer: dict[str, Any], n_vocab: int) -> list[bytes]:
 # --- files ----------------------------------------------------------------------------
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _check_destination(out: Path, overwrite: bool) -> None:
     if out.is_symlink() or (out.exists() and not out.is_dir()):
         raise ValueError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} already exists and is not empty; remove it or convert with overwrite")
-
-
-def _move_into_place(work: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder to `out`; a replaced model is moved aside, then deleted."""
-    _check_destination(out, overwrite)
-    old = None
-    if out.is_dir() and any(out.iterdir()):
-        old = out.with_name(f".{out.name}.{secrets.token_hex(4)}.old")
-        os.rename(out, old)
-    os.replace(work, out)  # an empty folder at `out` is replaced
-    fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

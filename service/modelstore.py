@@ -77,11 +77,15 @@ def _alive(pid: int) -> bool:
 
 
 def install(work: Path, final: Path) -> None:
-    """Rename the finished folder into place, moving any previous one aside first."""
+    """Rename the finished folder into place, moving any previous one aside first.
+
+    The previous folder waits under a hidden name beside `work` (never a second visible
+    model) and is deleted once the new one is in place.
+    """
     fsync_dir(work)
     old = None
     if final.exists():
-        old = _unique(work.parent, final.name)
+        old = _unique(work.parent, f".{final.name}")
         os.rename(final, old)
     os.rename(work, final)
     fsync_dir(final.parent)
