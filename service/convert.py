@@ -88,8 +88,7 @@ def convert_checkpoint(
                 file=MODEL_FILE,
                 source=Source(repo=source_repo, revision=revision, kind="converted"),
                 quant=quant,
-                hparams=ManifestHParams(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd,
-                                        n_head=hp.n_head, n_layer=hp.n_layer),  # fmt: skip
+                hparams=ManifestHParams.of(hp),
                 parameters=count[0],
                 size=(work / MODEL_FILE).stat().st_size,
                 sha256=sha256,

@@ -253,8 +253,7 @@ def _write_ggml_manifest(staging: Path, *, name, repo_id, revision, hp, paramete
     """Write the manifest of a GGML file installed as is."""
     manifest = Manifest(
         name=name, file="model.bin", source=Source(repo=repo_id, revision=revision, kind="ggml"), quant=hp.ftype,
-        hparams=HParams(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd, n_head=hp.n_head,
-                        n_layer=hp.n_layer),
+        hparams=HParams.of(hp),
         parameters=parameters, size=size, sha256=sha256, created=utc_now(), tokenizer=tokenizer,
     )
     write_manifest(staging, manifest)

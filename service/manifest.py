@@ -10,11 +10,14 @@ import hashlib
 import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
 from service.fileio import write_atomic
+
+if TYPE_CHECKING:
+    from service.ggml.format import HParams as GGMLHParams
 
 MANIFEST_NAME = "manifest.json"
 
@@ -41,6 +44,11 @@ class HParams(msgspec.Struct, frozen=True, kw_only=True):
     n_embd: int
     n_head: int
     n_layer: int
+
+    @classmethod
+    def of(cls, hp: GGMLHParams) -> HParams:
+        """The shape of a GGML header's hyper-parameters."""
+        return cls(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd, n_head=hp.n_head, n_layer=hp.n_layer)
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
