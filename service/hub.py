@@ -23,7 +23,7 @@ from service import convert, repoplan
 from service.errors import one_line
 from service.fileio import write_atomic
 from service.ggml.format import FTYPES, read_gpt2
-from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, remote_listing
+from service.hubclient import Hub, HubError, Listing, Unreachable, cached_listing, names_commit, remote_listing
 from service.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
 from service.modelstore import ModelEntry, copy_hashed, human_size, install, list_models, work_folder
 from service.tokenizer_files import tokenizer_json_bytes
@@ -66,7 +66,7 @@ def download(
     models_dir = Path(models_dir)
     hub = Hub.from_env()
     installed = None if force else _installed(models_dir, repo_id, quant)
-    if installed and revision and _same_revision(revision, installed.manifest.source.revision) \
+    if installed and revision and names_commit(revision, installed.manifest.source.revision) \
             and _fits(installed.manifest, quant, None):
         return _keep(installed)
 
@@ -122,11 +122,6 @@ def _resolve(hub: Hub, repo_id: str, revision: str | None, *, keep_if_unreachabl
         if not hub.offline:
             say(f"{why}; using the local cache")
         return listing
-
-
-def _same_revision(asked: str, recorded: str | None) -> bool:
-    """Whether a requested revision names the recorded commit (full or abbreviated sha)."""
-    return bool(recorded) and (asked == recorded or (len(asked) >= 7 and recorded.startswith(asked)))
 
 
 class _Installed(NamedTuple):

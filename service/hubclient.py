@@ -118,10 +118,15 @@ def cached_listing(hub: Hub, repo_id: str, revision: str | None, note: str = "")
             continue
         for rev in repo.revisions:
             by_ref = want in rev.refs
-            if by_ref or rev.commit_hash == want or (len(want) >= 7 and rev.commit_hash.startswith(want)):
+            if by_ref or names_commit(want, rev.commit_hash):
                 files = [Path(f.file_path).relative_to(rev.snapshot_path).as_posix() for f in rev.files]
                 return Listing(rev.commit_hash, files, want if by_ref else rev.commit_hash, local=True, note=note)
     return None
+
+
+def names_commit(revision: str, commit: str | None) -> bool:
+    """Whether a revision is the commit's sha, in full or abbreviated (7+ characters)."""
+    return bool(commit) and (revision == commit or (len(revision) >= 7 and commit.startswith(revision)))
 
 
 class _NetworkDown(Exception):
