@@ -13,8 +13,9 @@ import msgspec
 
 _STOP = object()
 # JSON allows these raw inside strings, but str.splitlines() and other Unicode-aware readers
-# break lines at them; escaped, a record is one line for every reader. In UTF-8 these byte runs can only be
-# these characters, and outside strings a JSON line is ASCII, so replacing them is exact.
+# break lines at them; escaped, a record is one line for every reader. In UTF-8 these byte
+# runs can only be these characters, and outside strings a JSON line is ASCII, so replacing
+# them is exact.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 
 
@@ -48,7 +49,7 @@ class LogBook:
             if item is _STOP:
                 break
             try:
-                line = _one_line(self._encoder.encode(item)) + b"\n"
+                line = _escape_line_breaks(self._encoder.encode(item)) + b"\n"
                 if f is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
                     f = open(self.path, "ab", buffering=0)
@@ -70,9 +71,8 @@ class LogBook:
             f.close()
 
 
-def _one_line(encoded: bytes) -> bytes:
+def _escape_line_breaks(encoded: bytes) -> bytes:
     """Escape the characters some readers split lines at (see _LINE_BREAKS)."""
     for raw, escaped in _LINE_BREAKS:
-        if raw in encoded:
-            encoded = encoded.replace(raw, escaped)
+        encoded = encoded.replace(raw, escaped)
     return encoded
