@@ -47,6 +47,29 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
 
 
+def new_records(log_file: Path, before: int, count: int = 1, timeout: float = 5.0) -> list[dict]:
+    """The log's records past its first `before`, once `count` of them are written (the log is
+    written by a thread) or `timeout` s have passed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = read_log(log_file)[before:]
+        if len(records) >= count or time.monotonic() > deadline:
+            return records
+        time.sleep(0.02)
+
+
+def wait_idle(url: str, timeout: float = 10.0) -> dict:
+    """/health once no worker is busy and nothing is queued; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        health = httpx.get(url + "/health", timeout=5).json()
+        if health["busy"] == 0 and health["queued"] == 0:
+            return health
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server still busy: {health}")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

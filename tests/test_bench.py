@@ -7,14 +7,13 @@ import random
 import time
 from typing import Iterator
 
-import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from service.bench import Outcome, percentile, stats, summarise
 from service.cli import app
-from tests.support import LiveServer, free_port, read_log
+from tests.support import LiveServer, free_port, new_records, read_log, wait_idle
 
 runner = CliRunner()
 
@@ -32,25 +31,6 @@ def bench(*args: str):
     return runner.invoke(app, ["bench", *args])
 
 
-def wait_idle(url: str) -> None:
-    for _ in range(500):
-        h = httpx.get(url + "/health").json()
-        if h["busy"] == 0 and h["queued"] == 0:
-            return
-        time.sleep(0.02)
-    raise AssertionError("server still busy")
-
-
-def new_records(server: LiveServer, before: int, count: int) -> list[dict]:
-    """The log records after the first `before`, once `count` of them are written."""
-    for _ in range(250):
-        records = read_log(server.log_file)[before:]
-        if len(records) >= count:
-            return records
-        time.sleep(0.02)
-    return records
-
-
 def test_small_run_reports_every_request(server):
     before = len(read_log(server.log_file))
     result = bench("--url", server.url, "-c", "3", "-n", "7", "--max-new-tokens", "24", "--seed", "1", "--json")
@@ -60,7 +40,7 @@ def test_small_run_reports_every_request(server):
     assert report["errors"] == {} and report["model"] == "long" and report["concurrency"] == 3
     assert report["params"] == {"max_new_tokens": 24, "seed": 1, "prompt_chars": len(
         "The quick brown fox jumps over the lazy dog. Once upon a time")}
-    records = new_records(server, before, 7)
+    records = new_records(server.log_file, before, 7)
     assert len(records) == 7 and all(r["endpoint"] == "/generate/stream" for r in records)
     assert all(r["usage"]["completion_tokens"] == 24 for r in records)
     # chunks: one per token, except tokens that end inside a UTF-8 character (merged with the next)

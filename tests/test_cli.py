@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from service import client
 from service.cli import app
 from service.ggml.tiny import make_tiny_gpt2
-from tests.support import ROOT, LiveServer, free_port, read_log
+from tests.support import ROOT, LiveServer, free_port, new_records, read_log, wait_idle
 
 runner = CliRunner()  # Click 8.2+: result.stdout and result.stderr are always kept apart
 
@@ -48,26 +48,6 @@ def long_server(long_model, tmp_path_factory) -> Iterator[LiveServer]:
 
 def health(url: str) -> dict:
     return httpx.get(url + "/health", timeout=5).json()
-
-
-def wait_idle(url: str, timeout: float = 10) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = health(url)
-        if h["busy"] == 0 and h["queued"] == 0:
-            return h
-        time.sleep(0.02)
-    raise AssertionError(f"server still busy: {h}")
-
-
-def log_after(server: LiveServer, before: int) -> list[dict]:
-    """The request log past its first `before` records, once at least one more is written."""
-    for _ in range(250):
-        records = read_log(server.log_file)[before:]
-        if records:
-            return records
-        time.sleep(0.02)
-    raise AssertionError("no new log record")
 
 
 def by_id(server: LiveServer, request_id: str) -> dict:
@@ -188,7 +168,7 @@ def test_stream_shows_the_first_chunk_while_the_generation_still_runs(long_serve
     assert during["busy"] == 1  # the worker was still generating when the first text had arrived
     out = (first + rest).decode()
     assert len(out.encode()) > len(first)
-    (record,) = log_after(long_server, before)
+    (record,) = new_records(long_server.log_file, before)
     assert record["usage"]["completion_tokens"] == 600 and record["finish_reason"] == "length"
     assert out == record["response"] + "\n"
     print(f"first chunk after {first_at - started:.2f} s, exit after {ended_at - started:.2f} s")
@@ -205,7 +185,7 @@ def test_ctrl_c_closes_the_stream_and_frees_the_worker(long_server):
     assert proc.returncode == 130
     assert err.decode() == "minivault: interrupted\n"
     assert wait_idle(long_server.url, timeout=5)["busy"] == 0
-    (record,) = log_after(long_server, before)
+    (record,) = new_records(long_server.log_file, before)
     assert record["status"] == "cancelled" and record["usage"]["completion_tokens"] < 1000
 
 

@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from service.ggml.tiny import make_tiny_gpt2
-from tests.support import ROOT, free_port, read_log
+from tests.support import ROOT, free_port, new_records, read_log
 
 pytestmark = pytest.mark.container
 
@@ -179,16 +179,6 @@ def wait_healthy(container: str, timeout: float) -> None:
     raise AssertionError(f"{container} not healthy after {timeout} s: {last}")
 
 
-def wait_for_records(path: Path, count: int, timeout: float = 10) -> list[dict]:
-    """The log's records once it holds at least `count` (the log is written by a thread)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = read_log(path)
-        if len(records) >= count or time.monotonic() > deadline:
-            return records
-        time.sleep(0.05)
-
-
 def test_image_has_no_compiler_and_the_documented_settings(image: str) -> None:
     probe = "for c in gcc cc c++ g++ clang make cmake; do command -v $c; done; ls /root/.cache/pip 2>&1; true"
     out = run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", probe]).stdout
@@ -237,7 +227,7 @@ def test_generate_and_stream_from_the_host_are_logged(stack: Stack) -> None:
             text = "".join(streamed.iter_text())
             stream_id = streamed.headers["x-request-id"]
     assert text == result["response"]  # same seed, greedy: the same text either way
-    records = wait_for_records(stack.log_file, before + 2)[before:]
+    records = new_records(stack.log_file, before, 2, timeout=10)
     assert [(r["id"], r["endpoint"], r["status"]) for r in records] == [
         (result["id"], "/generate", "ok"), (stream_id, "/generate/stream", "ok")]
     assert records[1]["response"] == text
@@ -251,7 +241,7 @@ def test_stop_lets_a_running_stream_finish_and_keeps_the_log(stack: Stack) -> No
         timing = client.post("/generate", json={"prompt": "speed", "max_new_tokens": 32, "temperature": 0})
         tokens_per_s = timing.json()["timings"]["tokens_per_second"]
         n = max(32, min(900, int(tokens_per_s * STREAM_SECONDS)))
-        assert len(wait_for_records(stack.log_file, before)) == before
+        assert len(new_records(stack.log_file, 0, before, timeout=10)) == before
 
         chunks: list[str] = []
         first = threading.Event()

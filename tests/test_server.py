@@ -12,19 +12,9 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
-from tests.support import read_log
+from tests.support import read_log, wait_idle
 
 LONG = {"prompt": "Tell me a long story", "max_new_tokens": 600}
-
-
-def wait_idle(url: str, timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = httpx.get(url + "/health").json()
-        if h["busy"] == 0 and h["queued"] == 0:
-            return h
-        time.sleep(0.01)
-    raise AssertionError(f"server still busy: {h}")
 
 
 def test_stream_first_chunk_arrives_while_generation_runs(start_server, long_model):
@@ -71,7 +61,7 @@ def test_disconnect_mid_stream_frees_the_worker(start_server, long_model):
                 if i == 5:
                     break
         # the connection is closed: the next request must be admitted and start at once
-        wait_idle(server.url)
+        wait_idle(server.url, timeout=5)
         r = c.post("/generate", json={"prompt": "next", "max_new_tokens": 3})
         assert r.status_code == 200, r.text
         assert r.json()["timings"]["queue_ms"] < 500  # vs seconds for the abandoned 600 tokens
