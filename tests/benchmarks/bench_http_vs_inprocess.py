@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gpt2_small, start_server, stop_server  # noqa: E402
+from common import gpt2_small, start_server  # noqa: E402
 
 from service.engine import Engine  # noqa: E402
 from service.sampling import SamplingParams  # noqa: E402
@@ -72,10 +72,9 @@ def main() -> None:
             model = gpt2_small(tmp / f"gpt2-small-{quant}.bin", quant)
             print(f"{quant}: wrote {model.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s", file=sys.stderr)
             engine = Engine(model, threads=args.threads, instance=100 + i)
-            port = 18700 + i
-            server = start_server(model, tmp / "log.jsonl", port, workers=1, threads=args.threads)
+            server = start_server(model, tmp / "log.jsonl", workers=1, threads=args.threads)
             try:
-                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+                with httpx.Client(base_url=server.url, timeout=600) as client:
                     in_process(engine, SamplingParams(max_new_tokens=8))  # warm both paths
                     over_http(client, SamplingParams(max_new_tokens=8))
                     inproc, http = [], []
@@ -85,7 +84,7 @@ def main() -> None:
                         print(f"{quant} round {n + 1}: in-process {inproc[-1]:.1f}, HTTP {http[-1]:.1f} tok/s",
                               file=sys.stderr)
             finally:
-                stop_server(server)
+                server.stop()
                 engine.close()
             results[quant] = {
                 "in_process_tps": statistics.median(inproc), "http_tps": statistics.median(http),

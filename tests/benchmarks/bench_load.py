@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gpt2_small, start_server, stop_server  # noqa: E402
+from common import gpt2_small, start_server  # noqa: E402
 
 from service import bench  # noqa: E402
 
@@ -34,11 +34,10 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         model = gpt2_small(Path(tmp) / "model.bin", args.quant)
-        for i, workers in enumerate(int(w) for w in args.workers.split(",")):
-            port = 18800 + i
-            server = start_server(model, Path(tmp) / "log.jsonl", port, workers=workers, max_queue=64)
+        for workers in (int(w) for w in args.workers.split(",")):
+            server = start_server(model, Path(tmp) / "log.jsonl", workers=workers, max_queue=64)
             try:
-                url = f"http://127.0.0.1:{port}"
+                url = server.url
                 bench.run(url, {"prompt": "warm up", "max_new_tokens": 8}, requests=workers, concurrency=workers,
                           duration=120)
                 for c in (int(c) for c in args.concurrency.split(",")):
@@ -49,7 +48,7 @@ def main() -> None:
                     rows.append((workers, c, r))
                     print(f"workers={workers} concurrency={c}: {r.tokens_per_s:.1f} tok/s", file=sys.stderr)
             finally:
-                stop_server(server)
+                server.stop()
     print(f"`minivault bench`, GPT-2-small-shaped {args.quant}, {args.requests} requests x {args.tokens} tokens each")
     print("| workers | streams | req/s | aggregate tok/s | per-stream tok/s p50 | TTFT p50 / p95 ms | ITL p50 / p95 / p99 ms |")
     print("|---:|---:|---:|---:|---:|---:|---:|")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
-from service.ggml.tiny import EOT, make_tiny_gpt2
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from service.ggml.tiny import EOT, make_tiny_gpt2  # noqa: E402
+from tests.support import LiveServer  # noqa: E402
 
 
 def gpt2_small(path: Path, quant: str) -> Path:
@@ -26,26 +23,8 @@ def gpt2_small(path: Path, quant: str) -> Path:
     return path
 
 
-def start_server(model: Path, log: Path, port: int, **settings: object) -> subprocess.Popen:
-    """`python -m service.server` on 127.0.0.1:port with MINIVAULT_* settings; returns once healthy."""
-    env = os.environ | {"MINIVAULT_MODEL": str(model), "MINIVAULT_LOG_FILE": str(log),
-                        "MINIVAULT_HOST": "127.0.0.1", "MINIVAULT_PORT": str(port)}
-    env |= {f"MINIVAULT_{k.upper()}": str(v) for k, v in settings.items()}
-    proc = subprocess.Popen([sys.executable, "-m", "service.server"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("server did not become healthy")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=60)
+def start_server(model: Path, log: Path, **settings: object) -> LiveServer:
+    """A live `python -m service.server` with MINIVAULT_* settings; threads default to the
+    service's own (cores divided among workers), not the tests' one thread."""
+    env = {"MINIVAULT_THREADS": "0"} | {f"MINIVAULT_{k.upper()}": str(v) for k, v in settings.items()}
+    return LiveServer(model, log, **env)
