@@ -1,6 +1,6 @@
 """`python -m service` runs the MiniVault CLI."""
 
-from service.cli import main
+from service.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -9,8 +9,8 @@ from typing import Iterator
 import pytest
 
 from service.config import Settings
-from service.ggml.tiny import make_tiny_gpt2
-from tests.support import LiveServer, Script
+from service.formats.ggml.tiny import make_tiny_gpt2
+from tests.support.server import LiveServer, Script
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -38,7 +38,7 @@ def tiny_model(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_vocab_model(models_root: Path) -> Path:
     """A tiny random model with GPT-2's real 50,257-token vocabulary and its tokenizer.json beside it."""
-    from service.tokenizer import bytes_to_unicode
+    from service.tokenizer.bpe import bytes_to_unicode
     from tests.fixtures.gpt2_vocab import gpt2_tokens, write_tokenizer_json
 
     to_byte = {c: b for b, c in bytes_to_unicode().items()}

@@ -22,8 +22,8 @@ from typing import Iterator
 import httpx
 import pytest
 
-from service.ggml.tiny import make_tiny_gpt2
-from tests.support import ROOT, free_port, new_records, read_log
+from service.formats.ggml.tiny import make_tiny_gpt2
+from tests.support.server import ROOT, free_port, new_records, read_log
 
 pytestmark = pytest.mark.container
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.fileio import atomic_file, write_atomic
-from service.tokenizer import GPT2Tokenizer, bytes_to_unicode
+from service.tokenizer.bpe import GPT2Tokenizer, bytes_to_unicode
 
 
 def test_write_atomic_replaces_the_file_and_leaves_no_temp(tmp_path: Path) -> None:

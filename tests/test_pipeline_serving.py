@@ -6,10 +6,10 @@ import time
 
 from litestar.testing import TestClient
 
-from service.app import create_app
+from service.api.app import create_app
 from service.config import Settings
-from service.convert import convert_checkpoint
-from tests.gpt2_reference import SMALL_MERGES, byte_level_vocab, random_state, write_checkpoint
+from service.formats.convert import convert_checkpoint
+from tests.support.gpt2_reference import SMALL_MERGES, byte_level_vocab, random_state, write_checkpoint
 
 
 def converted(tmp_path, quant: str = "q8_0"):

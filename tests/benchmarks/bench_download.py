@@ -28,9 +28,9 @@ from safetensors.numpy import save_file
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.hub import download  # noqa: E402
+from service.hub.download import download  # noqa: E402
 from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_vocab  # noqa: E402
-from tests.hubserver import HubServer, gpt2_tensors  # noqa: E402
+from tests.support.hubserver import HubServer, gpt2_tensors  # noqa: E402
 
 
 def distilgpt2_shaped(tmp: Path) -> dict[str, bytes]:

@@ -24,8 +24,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gpt2_small, start_server  # noqa: E402
 
-from service.engine import Engine  # noqa: E402
-from service.sampling import SamplingParams  # noqa: E402
+from service.engine.ctransformers_backend import Engine  # noqa: E402
+from service.engine.sampling import SamplingParams  # noqa: E402
 PROMPT = "Once upon a time"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gpt2_small, start_server  # noqa: E402
 
-from service import bench  # noqa: E402
+from service.cli import bench  # noqa: E402
 
 
 def fmt(v: float | None, digits: int = 0) -> str:

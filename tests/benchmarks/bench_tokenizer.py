@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from service.tokenizer import GPT2Tokenizer  # noqa: E402
+from service.tokenizer.bpe import GPT2Tokenizer  # noqa: E402
 from tests.fixtures.gpt2_vocab import gpt2_tokens, reference_tokenizer, write_tokenizer_json  # noqa: E402
 
 WORDS = ("the of and to in a is that for it as was with be by on not he I this are or his from at which "

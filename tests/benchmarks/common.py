@@ -8,8 +8,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from service.ggml.tiny import EOT, make_tiny_gpt2  # noqa: E402
-from tests.support import LiveServer  # noqa: E402
+from service.formats.ggml.tiny import EOT, make_tiny_gpt2  # noqa: E402
+from tests.support.server import LiveServer  # noqa: E402
 
 
 def gpt2_small(path: Path, quant: str) -> Path:
@@ -24,7 +24,7 @@ def gpt2_small(path: Path, quant: str) -> Path:
 
 
 def start_server(model: Path, log: Path, **settings: object) -> LiveServer:
-    """A live `python -m service.server` with MINIVAULT_* settings; threads default to the
+    """A live `python -m service.api.server` with MINIVAULT_* settings; threads default to the
     service's own (cores divided among workers), not the tests' one thread."""
     env = {"MINIVAULT_THREADS": "0"} | {f"MINIVAULT_{k.upper()}": str(v) for k, v in settings.items()}
     return LiveServer(model, log, **env)

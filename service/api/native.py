@@ -1,0 +1,132 @@
+"""HTTP handlers. Never imports ctransformers: everything model-side goes through the Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import anyio
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.enums import RequestEncodingType
+from litestar.params import Body
+from litestar.response import Response, Stream
+
+from service.errors import GenerationFailed
+from service.runtime.runtime import Runtime
+from service.engine.sampling import SamplingParams
+from service.runtime.scheduler import Job
+from service.api.schemas import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Health,
+    TokenizeRequest,
+    TokenizeResponse,
+    Timings,
+    Usage,
+)
+
+
+_JSON = Body(media_type=RequestEncodingType.JSON)
+
+
+def _runtime(state: State) -> Runtime:
+    return state.runtime
+
+
+def _request_id(request: Request) -> str:
+    return request.scope["state"]["request_id"]
+
+
+async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> Job:
+    """Validate and admit before any response starts: every refusal is a plain error response."""
+    scheduler = runtime.ready()
+    scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
+    prompt_ids = await anyio.to_thread.run_sync(scheduler.tokenize, data.prompt)
+    params = SamplingParams(
+        max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
+        top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
+    )
+    return scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request))
+
+
+async def _client_gone(request: Request) -> None:
+    """Return when the client disconnects (the body has been read, so only that can arrive)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@post("/generate", status_code=200, summary="Generate a completion and return it whole")
+async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> GenerateResponse:
+    """Generate text for a prompt; the response carries usage and timings."""
+    runtime = _runtime(state)
+    job = await _admit(runtime, request, data)
+    gone = asyncio.ensure_future(_client_gone(request))
+    done = asyncio.ensure_future(job.done.wait())
+    try:
+        await asyncio.wait({gone, done}, return_when=asyncio.FIRST_COMPLETED)
+        if not job.done.is_set():  # the client left: free the worker now
+            job.abort()
+            await job.done.wait()
+    except asyncio.CancelledError:  # the server gave up on this request (end of the drain period)
+        job.abort()
+        raise
+    finally:
+        gone.cancel()
+        done.cancel()
+    if job.error is not None:
+        raise GenerationFailed(f"generation failed: {job.error}")
+    t = job.timings()
+    return GenerateResponse(
+        id=job.id, response=job.text, model=runtime.model_name, finish_reason=job.finish_reason or "error",
+        usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens),
+        timings=Timings(**t),
+    )
+
+
+@post("/generate/stream", status_code=200, summary="Stream a completion as plain text, token by token")
+async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> Stream:
+    """Stream each token's text as it is produced (text/plain, chunked)."""
+    runtime = _runtime(state)
+    job = await _admit(runtime, request, data)
+    return Stream(
+        runtime.scheduler.pieces(job),
+        media_type="text/plain",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@get("/health", summary="Liveness and readiness: 200 once the model is loaded", sync_to_thread=False)
+def health(state: State) -> Response[Health]:
+    """Model status; never waits on the model."""
+    runtime = _runtime(state)
+    s = runtime.scheduler
+    if runtime.status == "ok" and s is not None:
+        body = Health(status="ok", model=runtime.model_name, manifest=runtime.manifest,
+                      workers=s.workers, busy=s.busy, queued=s.queued)
+        return Response(body, status_code=200)
+    body = Health(status=runtime.status, model=runtime.model_name, detail=runtime.detail)  # type: ignore[arg-type]
+    return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})
+
+
+@post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them")
+async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> TokenizeResponse:
+    """Tokenize with the same tokenizer the engine uses."""
+    scheduler = _runtime(state).ready()
+    tokens = await anyio.to_thread.run_sync(scheduler.tokenize, data.text)
+    return TokenizeResponse(tokens=tokens, count=len(tokens))
+
+
+@post("/detokenize", status_code=200, summary="Text of a list of token ids")
+async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) -> DetokenizeResponse:
+    """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
+    scheduler = _runtime(state).ready()
+    text = await anyio.to_thread.run_sync(scheduler.detokenize, data.tokens)
+    return DetokenizeResponse(text=text)
+
+
+HANDLERS = [generate, generate_stream, health, tokenize, detokenize]

@@ -1,0 +1,213 @@
+"""The worker pool: N engine instances, a bounded wait queue, generations run in threads.
+
+Never imports litestar. Admission is synchronous and immediate (refuse at once when full);
+every admitted job ends in exactly one call of `on_finish`, whatever happens to its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Sequence
+
+from service.engine.ctransformers_backend import Engine, Generation
+from service.errors import GenerationFailed, InvalidRequest, QueueFull, ServiceError, ShuttingDown, UnknownToken
+from service.engine.sampling import SamplingParams
+
+_END = object()
+
+
+class Job:
+    """One admitted request, from admission until its log record is written."""
+
+    def __init__(self, endpoint: str, prompt: str, prompt_ids: list[int], params: SamplingParams,
+                 request_id: str | None = None) -> None:
+        self.id = request_id or uuid.uuid4().hex
+        self.endpoint = endpoint
+        self.prompt = prompt
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.cancel = threading.Event()
+        self.admitted_at = time.monotonic()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.generation: Generation | None = None
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.pieces: asyncio.Queue = asyncio.Queue()
+        self.done = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def text(self) -> str:
+        return self.generation.text if self.generation else ""
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.generation.tokens) if self.generation else 0
+
+    @property
+    def status(self) -> str:
+        """ok, cancelled, timeout or error: how the request ended."""
+        if self.error is not None:
+            return "error"
+        return {"cancelled": "cancelled", "timeout": "timeout"}.get(self.finish_reason or "", "ok")
+
+    def timings(self) -> dict[str, float | None]:
+        """queue_ms, first_token_ms (from admission), total_ms, tokens_per_second (of generation)."""
+        end = self.ended_at or time.monotonic()
+        start = self.started_at or end
+        first = self.generation.first_token_at if self.generation else None
+        gen_s = end - start
+        return {
+            "queue_ms": round((start - self.admitted_at) * 1000, 3),
+            "first_token_ms": round((first - self.admitted_at) * 1000, 3) if first else None,
+            "total_ms": round((end - self.admitted_at) * 1000, 3),
+            "tokens_per_second": round(self.completion_tokens / gen_s, 3) if gen_s > 0 else 0.0,
+        }
+
+    def abort(self) -> None:
+        """The client went away: stop the generation within a token, or leave the queue now."""
+        self.cancel.set()
+        if self.started_at is None and self._task is not None:
+            self._task.cancel()
+
+
+class Scheduler:
+    """Runs generations on a fixed set of engines; the one backend the HTTP layer talks to."""
+
+    def __init__(self, engines: Sequence[Engine], *, max_queue: int, timeout_s: float,
+                 on_finish: Callable[[Job], None]) -> None:
+        self._engines = list(engines)
+        self._free: asyncio.Queue[Engine] = asyncio.Queue()
+        for engine in self._engines:
+            self._free.put_nowait(engine)
+        self._executor = ThreadPoolExecutor(len(self._engines), thread_name_prefix="minivault-gen")
+        self.max_queue = max_queue
+        self.timeout_s = timeout_s
+        self._on_finish = on_finish
+        self._jobs: set[Job] = set()
+        self.draining = False
+
+    # --- what the HTTP layer asks -------------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        return len(self._engines)
+
+    @property
+    def busy(self) -> int:
+        return sum(1 for j in self._jobs if j.started_at is not None)
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for j in self._jobs if j.started_at is None)
+
+    @property
+    def engine(self) -> Engine:
+        """Any engine, for tokenizer and limits (all instances load the same model)."""
+        return self._engines[0]
+
+    def check_capacity(self) -> None:
+        """Raise ShuttingDown or QueueFull if a new request could not be admitted now."""
+        if self.draining:
+            raise ShuttingDown("the server is shutting down and takes no new requests", retry_after=5)
+        if len(self._jobs) >= self.workers + self.max_queue:
+            raise QueueFull(
+                f"all {self.workers} workers are busy and the queue is full ({self.max_queue} waiting); retry later",
+                retry_after=1,
+            )
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids for `text`, with the tokenizer the engine uses (call from a thread)."""
+        return self.engine.tokenizer.encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text for token ids; UnknownToken names an id outside the vocabulary."""
+        n = self.engine.vocab_size
+        for i, token in enumerate(ids):
+            if not 0 <= token < n:
+                raise UnknownToken(f"token id {token} (at index {i}) is outside the vocabulary: ids are 0 to {n - 1}",
+                                   field=f"tokens[{i}]")
+        return self.engine.tokenizer.decode(ids)
+
+    def admit(self, endpoint: str, prompt: str, prompt_ids: list[int], params: SamplingParams,
+              request_id: str | None = None) -> Job:
+        """Validate limits and take the request, or raise at once; the job starts running."""
+        self.check_capacity()
+        if not prompt_ids:
+            raise InvalidRequest("the prompt has no tokens", field="prompt")
+        self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
+        job = Job(endpoint, prompt, prompt_ids, params, request_id)
+        self._jobs.add(job)
+        job._task = asyncio.get_running_loop().create_task(self._run(job))
+        return job
+
+    async def pieces(self, job: Job) -> AsyncIterator[str]:
+        """Text pieces of a job as they are produced; aborts the job if the consumer stops."""
+        try:
+            while True:
+                item = await job.pieces.get()
+                if item is _END:
+                    return
+                yield item
+        finally:
+            if not job.done.is_set():
+                job.abort()
+
+    async def drain(self, timeout: float) -> None:
+        """Take no new requests; let running ones finish for `timeout` s, then cancel the rest."""
+        self.draining = True
+        jobs = [j._task for j in self._jobs if j._task]
+        if jobs:
+            _, pending = await asyncio.wait(jobs, timeout=timeout)
+            if pending:
+                for job in list(self._jobs):
+                    job.abort()
+                await asyncio.wait(pending)
+        self._executor.shutdown(wait=True)
+        for engine in self._engines:
+            engine.close()
+
+    # --- running ---------------------------------------------------------------------------
+    async def _run(self, job: Job) -> None:
+        engine: Engine | None = None
+        try:
+            engine = await self._free.get()
+            job.started_at = time.monotonic()
+            if job.cancel.is_set():
+                job.finish_reason = "cancelled"
+                return
+            gen = engine.generate(job.prompt_ids, job.params, cancel=job.cancel,
+                                  deadline=job.started_at + self.timeout_s)
+            job.generation = gen
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._pump, gen, job.pieces, loop)
+            job.finish_reason = gen.finish_reason
+        except asyncio.CancelledError:
+            job.finish_reason = "cancelled"  # left the queue before a worker was free
+        except ServiceError as exc:
+            job.finish_reason, job.error = "error", exc.message
+        except Exception as exc:  # the model crashed: end this request, keep the server
+            job.finish_reason, job.error = "error", f"{type(exc).__name__}: {exc}"
+        finally:
+            job.ended_at = time.monotonic()
+            if engine is not None:
+                self._free.put_nowait(engine)
+            job.pieces.put_nowait(_END)
+            self._jobs.discard(job)
+            job.done.set()
+            self._on_finish(job)
+
+    @staticmethod
+    def _pump(gen: Generation, out: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread: pull tokens from the blocking generator and hand each to the loop."""
+        try:
+            for piece in gen:
+                loop.call_soon_threadsafe(out.put_nowait, piece)
+        except ServiceError:
+            raise
+        except Exception as exc:
+            raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
