@@ -1,4 +1,4 @@
-"""Domain errors and the one table that maps each to an HTTP status and error type."""
+"""Domain errors, raised by every layer; api/errors.py maps each to an HTTP status and body."""
 
 from __future__ import annotations
 
@@ -43,27 +43,6 @@ class ShuttingDown(ServiceError):
 
 class GenerationFailed(ServiceError):
     """The model failed while generating."""
-
-
-# error class -> (HTTP status, error type). One row per domain error.
-ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
-    InvalidJSON: (400, "invalid_json"),
-    InvalidRequest: (422, "invalid_request"),
-    ContextOverflow: (422, "context_length_exceeded"),
-    UnknownToken: (422, "unknown_token"),
-    QueueFull: (429, "queue_full"),
-    NotReady: (503, "model_not_ready"),
-    ShuttingDown: (503, "shutting_down"),
-    GenerationFailed: (500, "generation_failed"),
-}
-
-
-def status_and_type(error: ServiceError) -> tuple[int, str]:
-    """The (status, type) row for an error, walking up its classes."""
-    for cls in type(error).__mro__:
-        if cls in ERROR_TABLE:
-            return ERROR_TABLE[cls]
-    return 500, "internal_error"
 
 
 def one_line(exc: BaseException) -> str:

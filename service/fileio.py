@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -48,3 +49,27 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `path` atomically and durably."""
     with atomic_file(path) as f:
         f.write(data)
+
+
+def unique_path(root: Path, name: str) -> Path:
+    """A fresh path root/<name>.<pid>.<random>, the pattern the sweep recognises."""
+    while (path := root / f"{name}.{os.getpid()}.{secrets.token_hex(4)}").exists():
+        pass
+    return path
+
+
+def install(work: Path, final: Path) -> None:
+    """Rename the finished folder into place, moving any previous one aside first.
+
+    The previous folder waits under a hidden name beside `work` (never a second visible
+    model) and is deleted once the new one is in place.
+    """
+    fsync_dir(work)
+    old = None
+    if final.exists():
+        old = unique_path(work.parent, f".{final.name}")
+        os.rename(final, old)
+    os.rename(work, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -9,7 +9,12 @@ from litestar.testing import TestClient
 from service.api.app import create_app
 from service.config import Settings
 from service.formats.convert import convert_checkpoint
-from tests.support.gpt2_reference import SMALL_MERGES, byte_level_vocab, random_state, write_checkpoint
+from tests.support.gpt2_reference import (
+    SMALL_MERGES,
+    byte_level_vocab,
+    random_state,
+    write_checkpoint,
+)
 
 
 def converted(tmp_path, quant: str = "q8_0"):

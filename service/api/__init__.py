@@ -1,0 +1,1 @@
+"""HTTP only (Litestar): the app factory, routes per API family, schemas, the error table."""

@@ -1,4 +1,7 @@
-"""HTTP handlers. Never imports ctransformers: everything model-side goes through the Runtime."""
+"""The native API: /generate, /generate/stream, /tokenize, /detokenize.
+
+Never imports an engine library: everything model-side goes through the Runtime.
+"""
 
 from __future__ import annotations
 
@@ -6,33 +9,32 @@ import asyncio
 from typing import Annotated
 
 import anyio
-from litestar import Request, get, post
+from litestar import Request, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
 from litestar.params import Body
-from litestar.response import Response, Stream
+from litestar.response import Stream
 
-from service.errors import GenerationFailed
-from service.runtime.runtime import Runtime
-from service.engine.sampling import SamplingParams
-from service.runtime.scheduler import Job
 from service.api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
     GenerateRequest,
     GenerateResponse,
-    Health,
+    Timings,
     TokenizeRequest,
     TokenizeResponse,
-    Timings,
     Usage,
 )
-
+from service.engine.sampling import SamplingParams
+from service.errors import GenerationFailed
+from service.runtime.runtime import Runtime
+from service.runtime.scheduler import Job
 
 _JSON = Body(media_type=RequestEncodingType.JSON)
 
 
-def _runtime(state: State) -> Runtime:
+def runtime_of(state: State) -> Runtime:
+    """The Runtime the app's lifespan put on its state."""
     return state.runtime
 
 
@@ -63,7 +65,7 @@ async def _client_gone(request: Request) -> None:
 @post("/generate", status_code=200, summary="Generate a completion and return it whole")
 async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> GenerateResponse:
     """Generate text for a prompt; the response carries usage and timings."""
-    runtime = _runtime(state)
+    runtime = runtime_of(state)
     job = await _admit(runtime, request, data)
     gone = asyncio.ensure_future(_client_gone(request))
     done = asyncio.ensure_future(job.done.wait())
@@ -91,7 +93,7 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
 @post("/generate/stream", status_code=200, summary="Stream a completion as plain text, token by token")
 async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> Stream:
     """Stream each token's text as it is produced (text/plain, chunked)."""
-    runtime = _runtime(state)
+    runtime = runtime_of(state)
     job = await _admit(runtime, request, data)
     return Stream(
         runtime.scheduler.pieces(job),
@@ -100,23 +102,10 @@ async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JS
     )
 
 
-@get("/health", summary="Liveness and readiness: 200 once the model is loaded", sync_to_thread=False)
-def health(state: State) -> Response[Health]:
-    """Model status; never waits on the model."""
-    runtime = _runtime(state)
-    s = runtime.scheduler
-    if runtime.status == "ok" and s is not None:
-        body = Health(status="ok", model=runtime.model_name, manifest=runtime.manifest,
-                      workers=s.workers, busy=s.busy, queued=s.queued)
-        return Response(body, status_code=200)
-    body = Health(status=runtime.status, model=runtime.model_name, detail=runtime.detail)  # type: ignore[arg-type]
-    return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})
-
-
 @post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them")
 async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> TokenizeResponse:
     """Tokenize with the same tokenizer the engine uses."""
-    scheduler = _runtime(state).ready()
+    scheduler = runtime_of(state).ready()
     tokens = await anyio.to_thread.run_sync(scheduler.tokenize, data.text)
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
@@ -124,9 +113,9 @@ async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> Tok
 @post("/detokenize", status_code=200, summary="Text of a list of token ids")
 async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) -> DetokenizeResponse:
     """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
-    scheduler = _runtime(state).ready()
+    scheduler = runtime_of(state).ready()
     text = await anyio.to_thread.run_sync(scheduler.detokenize, data.tokens)
     return DetokenizeResponse(text=text)
 
 
-HANDLERS = [generate, generate_stream, health, tokenize, detokenize]
+HANDLERS = [generate, generate_stream, tokenize, detokenize]

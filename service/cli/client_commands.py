@@ -1,6 +1,6 @@
 """The `minivault` commands that talk to a running server: generate, stream, bench.
 
-They register on the app in service/cli.py, which imports this module; httpx and the
+They register on the app of service/cli/options.py when service/cli/main.py imports this module; httpx and the
 client are imported inside the commands, so `minivault --help` stays fast.
 """
 
@@ -13,9 +13,23 @@ from typing import Annotated
 
 import typer
 
-from service.cli.main import (
-    DEFAULT_URL, MaxNewTokens, Prompt, RepetitionPenalty, Seed, Stop, Temperature, Timeout, TopK, TopP, Url, app,
-    fail, opt, reporting, say,
+from service.cli.options import (
+    DEFAULT_URL,
+    MaxNewTokens,
+    Prompt,
+    RepetitionPenalty,
+    Seed,
+    Stop,
+    Temperature,
+    Timeout,
+    TopK,
+    TopP,
+    Url,
+    app,
+    fail,
+    opt,
+    reporting,
+    say,
 )
 
 

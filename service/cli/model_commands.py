@@ -1,6 +1,6 @@
 """The `minivault` commands that manage the models dir: download, models, convert.
 
-They register on the app in service/cli.py, which imports this module; huggingface_hub,
+They register on the app of service/cli/options.py when service/cli/main.py imports this module; huggingface_hub,
 numpy and the converter are imported inside the commands, so `minivault --help` stays fast.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Iterator, Literal
 
 import typer
 
-from service.cli.main import Text, app, fail, opt, reporting, say
+from service.cli.options import Text, app, fail, opt, reporting, say
 from service.errors import one_line
 
 Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]

@@ -1,6 +1,6 @@
-"""The model: a GPT-2 GGML file run by ctransformers, generating one token at a time.
+"""The ctransformers backend: a GPT-2 GGML file, one model instance per Engine.
 
-Never imports litestar. One Engine is one model instance and runs one generation at a time.
+One Engine runs one generation at a time; generation.py drives it token by token.
 """
 
 from __future__ import annotations
@@ -10,30 +10,16 @@ import functools
 import shutil
 import tempfile
 import threading
-import time
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from service.engine.base import Tokenizer
+from service.engine.generation import Generation, check_fits, start_generation
+from service.engine.sampling import SamplingParams
+from service.errors import GenerationFailed, UnknownToken
 from service.formats.ggml.format import read_gpt2
-from service.errors import ContextOverflow, GenerationFailed, UnknownToken
-from service.engine.sampling import Sampler, SamplingParams
-from service.engine.textstream import TextStream
-
-
-PROMPT_BATCH = 32  # prompt tokens evaluated per call: fast, and cancellation is checked between batches
-
-
-class Tokenizer(Protocol):
-    """What the engine needs from a tokenizer."""
-
-    vocab_size: int
-    eos_id: int
-
-    def encode(self, text: str) -> list[int]: ...
-    def decode(self, ids: Sequence[int]) -> str: ...
-    def token_bytes(self, token_id: int) -> bytes: ...
 
 
 class _FallbackTokenizer:
@@ -81,74 +67,6 @@ def _private_library(workdir: Path, index: int) -> str:
     return str(dst)
 
 
-class Generation:
-    """One running generation: iterate it for text pieces; then read why it ended."""
-
-    def __init__(self, engine: "Engine", prompt_ids: list[int], params: SamplingParams,
-                 cancel: threading.Event | None, deadline: float | None) -> None:
-        self.engine = engine
-        self.prompt_ids = prompt_ids
-        self.params = params
-        self.sampler = Sampler(params)
-        self.cancel = cancel or threading.Event()
-        self.deadline = deadline
-        self.tokens: list[int] = []
-        self.finish_reason: str | None = None
-        self.first_token_at: float | None = None
-        self.started_at = time.monotonic()
-        self._text = TextStream(tuple(params.stop))
-
-    @property
-    def text(self) -> str:
-        """The text emitted so far."""
-        return self._text.text
-
-    def _interrupted(self) -> str | None:
-        if self.cancel.is_set():
-            return "cancelled"
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return "timeout"
-        return None
-
-    def __iter__(self) -> Iterator[str]:
-        eng = self.engine
-        n_past = 0
-        for start in range(0, len(self.prompt_ids), PROMPT_BATCH):
-            if reason := self._interrupted():
-                self.finish_reason = reason
-                return
-            batch = self.prompt_ids[start : start + PROMPT_BATCH]
-            eng.eval(batch, n_past)
-            n_past += len(batch)
-        history = list(self.prompt_ids)
-        for _ in range(self.params.max_new_tokens):
-            if reason := self._interrupted():
-                self.finish_reason = reason
-                break
-            token = self.sampler(eng.logits(), history)
-            if token == eng.eos_id:
-                self.finish_reason = "stop"
-                break
-            self.tokens.append(token)
-            history.append(token)
-            if self.first_token_at is None:
-                self.first_token_at = time.monotonic()
-            piece = self._text.feed(eng.tokenizer.token_bytes(token))
-            if piece:
-                yield piece
-            if self._text.stopped:
-                self.finish_reason = "stop"
-                return
-            if len(self.tokens) < self.params.max_new_tokens:
-                eng.eval([token], n_past)
-                n_past += 1
-        else:
-            self.finish_reason = "length"
-        tail = self._text.finish()
-        if tail:
-            yield tail
-
-
 class Engine:
     """A loaded GPT-2 GGML model: tokenize, check limits, generate."""
 
@@ -190,22 +108,12 @@ class Engine:
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise ContextOverflow unless prompt + new tokens fit the context."""
-        if prompt_tokens + max_new_tokens > self.context_length:
-            left = self.context_length - prompt_tokens
-            raise ContextOverflow(
-                f"prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}: "
-                f"together {prompt_tokens + max_new_tokens}, over the model's context of {self.context_length} "
-                + (f"(at most {left} new tokens fit)" if left > 0 else "(the prompt alone does not fit)"),
-                field="max_new_tokens" if left > 0 else "prompt",
-            )
+        check_fits(self.context_length, prompt_tokens, max_new_tokens)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, *,
                  cancel: threading.Event | None = None, deadline: float | None = None) -> Generation:
         """A generation to iterate (in a worker thread) for text pieces as tokens are sampled."""
-        if not prompt_ids:
-            raise ContextOverflow("the prompt has no tokens", field="prompt")
-        self.check_fits(len(prompt_ids), params.max_new_tokens)
-        return Generation(self, prompt_ids, params, cancel, deadline)
+        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline)
 
     def close(self) -> None:
         """Free the model."""

@@ -1,0 +1,1 @@
+"""Model file formats: GGML (writer, reader, quantisers), safetensors, conversion, the manifest."""

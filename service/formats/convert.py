@@ -17,11 +17,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from service.fileio import write_atomic
+from service.fileio import install, write_atomic
 from service.formats.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
 from service.formats.manifest import HParams as ManifestHParams
 from service.formats.manifest import Manifest, Source, utc_now, write_manifest
-from service.hub.store import install
 from service.formats.safetensors import SafeTensors
 from service.tokenizer.bpe import bytes_to_unicode
 from service.tokenizer.files import tokenizer_json_bytes

@@ -19,14 +19,36 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
-from service.formats import convert
-from service.hub import repoplan
 from service.errors import one_line
-from service.fileio import write_atomic
+from service.fileio import install, write_atomic
+from service.formats import convert
 from service.formats.ggml.format import FTYPES, read_gpt2
-from service.hub.client import Hub, HubError, Listing, Unreachable, cached_listing, names_commit, remote_listing
-from service.formats.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
-from service.hub.store import ModelEntry, copy_hashed, human_size, install, list_models, work_folder
+from service.formats.manifest import (
+    HParams,
+    Manifest,
+    Source,
+    read_manifest,
+    utc_now,
+    verify,
+    write_manifest,
+)
+from service.hub import repoplan
+from service.hub.client import (
+    Hub,
+    HubError,
+    Listing,
+    Unreachable,
+    cached_listing,
+    names_commit,
+    remote_listing,
+)
+from service.hub.store import (
+    ModelEntry,
+    copy_hashed,
+    human_size,
+    list_models,
+    work_folder,
+)
 from service.tokenizer.files import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]

@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 import shutil
 from pathlib import Path
 
 import msgspec
 
 from service.errors import one_line
-from service.fileio import fsync_dir
+from service.fileio import unique_path
 from service.formats.ggml.format import read_gpt2
 from service.formats.manifest import file_sha256, read_manifest
 
@@ -43,16 +42,9 @@ def work_folder(models_dir: Path, name: str) -> Path:
     root = models_dir / PARTIAL_DIR
     root.mkdir(parents=True, exist_ok=True)
     _sweep(root)
-    work = _unique(root, name)
+    work = unique_path(root, name)
     work.mkdir()  # not mkdtemp: its 0700 mode would hide the model from a service running as another user
     return work
-
-
-def _unique(root: Path, name: str) -> Path:
-    """A fresh path root/<name>.<pid>.<random>, the pattern the sweep recognises."""
-    while (path := root / f"{name}.{os.getpid()}.{secrets.token_hex(4)}").exists():
-        pass
-    return path
 
 
 def _sweep(root: Path) -> None:
@@ -74,23 +66,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def install(work: Path, final: Path) -> None:
-    """Rename the finished folder into place, moving any previous one aside first.
-
-    The previous folder waits under a hidden name beside `work` (never a second visible
-    model) and is deleted once the new one is in place.
-    """
-    fsync_dir(work)
-    old = None
-    if final.exists():
-        old = _unique(work.parent, f".{final.name}")
-        os.rename(final, old)
-    os.rename(work, final)
-    fsync_dir(final.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:

@@ -17,7 +17,8 @@ from typing import Any
 import msgspec
 
 from service.config import Settings, find_model
-from service.engine.ctransformers_backend import Engine, Tokenizer
+from service.engine.base import Tokenizer
+from service.engine.ctransformers_backend import Engine
 from service.errors import NotReady
 from service.runtime.logbook import LogBook
 from service.runtime.scheduler import Job, Scheduler

@@ -13,9 +13,17 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
-from service.engine.ctransformers_backend import Engine, Generation
-from service.errors import GenerationFailed, InvalidRequest, QueueFull, ServiceError, ShuttingDown, UnknownToken
+from service.engine.ctransformers_backend import Engine
+from service.engine.generation import Generation
 from service.engine.sampling import SamplingParams
+from service.errors import (
+    GenerationFailed,
+    InvalidRequest,
+    QueueFull,
+    ServiceError,
+    ShuttingDown,
+    UnknownToken,
+)
 
 _END = object()
 

@@ -10,7 +10,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from service.tokenizer.bpe import GPT2Tokenizer, TokenizerFormatError, json_bytes, parse_merge
+from service.tokenizer.bpe import (
+    GPT2Tokenizer,
+    TokenizerFormatError,
+    json_bytes,
+    parse_merge,
+)
 
 
 def read_merges_txt(path: str | os.PathLike[str]) -> list[tuple[str, str]]:

@@ -38,7 +38,14 @@ sys.path.insert(0, str(ROOT))
 from service.formats.convert import convert_checkpoint  # noqa: E402
 from service.formats.ggml.format import read_gpt2, read_tensor  # noqa: E402
 from tests.support.gpt2_reference import (  # noqa: E402
-    byte_level_vocab, forward, ggml_greedy, ggml_logits, random_merges, random_state, relative_error, rms_error,
+    byte_level_vocab,
+    forward,
+    ggml_greedy,
+    ggml_logits,
+    random_merges,
+    random_state,
+    relative_error,
+    rms_error,
     write_checkpoint,
 )  # fmt: skip
 

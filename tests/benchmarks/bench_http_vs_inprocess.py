@@ -26,6 +26,7 @@ from common import gpt2_small, start_server  # noqa: E402
 
 from service.engine.ctransformers_backend import Engine  # noqa: E402
 from service.engine.sampling import SamplingParams  # noqa: E402
+
 PROMPT = "Once upon a time"
 
 

@@ -15,7 +15,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from service.tokenizer.bpe import GPT2Tokenizer  # noqa: E402
-from tests.fixtures.gpt2_vocab import gpt2_tokens, reference_tokenizer, write_tokenizer_json  # noqa: E402
+from tests.fixtures.gpt2_vocab import (  # noqa: E402
+    gpt2_tokens,
+    reference_tokenizer,
+    write_tokenizer_json,
+)
 
 WORDS = ("the of and to in a is that for it as was with be by on not he I this are or his from at which "
          "but have an they you were her she there been one all we their has would when if so no what can "

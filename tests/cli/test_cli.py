@@ -20,7 +20,14 @@ from typer.testing import CliRunner
 from service.cli import http as client
 from service.cli.main import app
 from service.formats.ggml.tiny import make_tiny_gpt2
-from tests.support.server import ROOT, LiveServer, free_port, new_records, read_log, wait_idle
+from tests.support.server import (
+    ROOT,
+    LiveServer,
+    free_port,
+    new_records,
+    read_log,
+    wait_idle,
+)
 
 runner = CliRunner()  # Click 8.2+: result.stdout and result.stderr are always kept apart
 
@@ -436,7 +443,7 @@ def test_unknown_quant_is_a_usage_error_naming_the_choices(command):
 
 
 def test_convert_writes_a_model_folder(tmp_path):
-    from tests.hub.test_hub import checkpoint_files
+    from tests.support.hubserver import checkpoint_files
 
     src = tmp_path / "ckpt"
     src.mkdir()

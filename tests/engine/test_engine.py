@@ -8,8 +8,8 @@ import time
 import pytest
 
 from service.engine.ctransformers_backend import Engine
-from service.errors import ContextOverflow
 from service.engine.sampling import SamplingParams
+from service.errors import ContextOverflow
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
 

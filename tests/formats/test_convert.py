@@ -23,8 +23,16 @@ from service.formats.ggml.format import read_gpt2, read_tensor
 from service.formats.manifest import read_manifest, verify
 from service.tokenizer.bpe import bytes_to_unicode
 from tests.support.gpt2_reference import (
-    EOT, SMALL_MERGES, byte_level_vocab, forward, ggml_greedy, ggml_logits, random_state,
-    reference_greedy, relative_error, write_checkpoint,
+    EOT,
+    SMALL_MERGES,
+    byte_level_vocab,
+    forward,
+    ggml_greedy,
+    ggml_logits,
+    random_state,
+    reference_greedy,
+    relative_error,
+    write_checkpoint,
 )  # fmt: skip
 
 E, H, L, CTX = 64, 4, 2, 128

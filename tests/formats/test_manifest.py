@@ -10,7 +10,15 @@ from datetime import datetime, timezone
 import msgspec
 import pytest
 
-from service.formats.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
+from service.formats.manifest import (
+    HParams,
+    Manifest,
+    Source,
+    read_manifest,
+    utc_now,
+    verify,
+    write_manifest,
+)
 
 
 def make(tmp_path, content: bytes = b"GGML model bytes", **fields) -> Manifest:

@@ -16,17 +16,14 @@ import sys
 from pathlib import Path
 
 import huggingface_hub
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 from tokenizers import Tokenizer
 
 from service.formats.ggml.format import read_gpt2
 from service.formats.ggml.tiny import make_tiny_gpt2
-from service.hub.download import HubError, download, list_models
 from service.formats.manifest import read_manifest
-from service.tokenizer.bpe import bytes_to_unicode
-from tests.support.hubserver import gpt2_tensors, serve_hub
+from service.hub.download import HubError, download, list_models
+from tests.support.hubserver import checkpoint_files, serve_hub
 
 ROOT = Path(__file__).resolve().parents[2]
 HF_MAJOR = int(huggingface_hub.__version__.split(".")[0])
@@ -68,49 +65,6 @@ def _sha256(path: Path) -> str:
 
 
 # --- tiny GPT-2 checkpoint in Hugging Face layout ---------------------------------------------
-
-
-def checkpoint_files(tmp: Path, *, n_embd: int = 32, n_layer: int = 2, n_ctx: int = 64,
-                     shards: int = 1) -> dict[str, bytes]:
-    """A random-weight GPT-2 in Hugging Face layout (written via `tmp`), with a pickle and a README.
-
-    With `shards` > 1 the weights are model-0000i-of-0000n.safetensors + their index.
-    """
-    vocab = {c: i for i, c in enumerate(sorted(bytes_to_unicode().values()))}  # GPT-2's order: printable first
-    merges = ["Ġ t", "h e", "Ġt he", "i n", "Ġ a"]
-    for m in merges:
-        vocab["".join(m.split())] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    n_vocab, e = len(vocab), n_embd
-    rng = np.random.default_rng(0)
-
-    def w(*shape: int) -> np.ndarray:
-        return (rng.standard_normal(shape) * 0.02).astype(np.float32)
-
-    tensors = gpt2_tensors(n_vocab, n_ctx, e, n_layer, w)
-    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": n_vocab,
-              "n_positions": n_ctx, "n_ctx": n_ctx, "n_embd": e, "n_head": 4, "n_layer": n_layer,
-              "layer_norm_epsilon": 1e-5, "bos_token_id": n_vocab - 1, "eos_token_id": n_vocab - 1}
-    files = {}
-    if shards == 1:
-        save_file(tensors, str(tmp / "model.safetensors"))
-        files["model.safetensors"] = (tmp / "model.safetensors").read_bytes()
-    else:
-        weight_map = {}
-        for i in range(shards):
-            shard = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
-            part = {k: v for j, (k, v) in enumerate(sorted(tensors.items())) if j % shards == i}
-            save_file(part, str(tmp / shard))
-            files[shard] = (tmp / shard).read_bytes()
-            weight_map |= dict.fromkeys(part, shard)
-        files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
-    return files | {
-        "config.json": json.dumps(config).encode(),
-        "vocab.json": json.dumps(vocab, ensure_ascii=False).encode(),
-        "merges.txt": ("#version: 0.2\n" + "\n".join(merges) + "\n").encode(),
-        "README.md": b"# tiny gpt2\n",
-        "pytorch_model.bin": b"PK\x03\x04 pickle stand-in",
-    }
 
 
 # --- GGML repos -------------------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""The native API's error table: each domain error to one HTTP status and one error body."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    SerializationException,
+    ValidationException,
+)
+
+from service.api.schemas import ErrorBody, ErrorDetail
+from service.errors import (
+    ContextOverflow,
+    GenerationFailed,
+    InvalidJSON,
+    InvalidRequest,
+    NotReady,
+    QueueFull,
+    ServiceError,
+    ShuttingDown,
+    UnknownToken,
+)
+
+_HTTP_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+               415: "unsupported_media_type"}
+
+# error class -> (HTTP status, error type). One row per domain error.
+ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
+    InvalidJSON: (400, "invalid_json"),
+    InvalidRequest: (422, "invalid_request"),
+    ContextOverflow: (422, "context_length_exceeded"),
+    UnknownToken: (422, "unknown_token"),
+    QueueFull: (429, "queue_full"),
+    NotReady: (503, "model_not_ready"),
+    ShuttingDown: (503, "shutting_down"),
+    GenerationFailed: (500, "generation_failed"),
+}
+
+
+def status_and_type(error: ServiceError) -> tuple[int, str]:
+    """The (status, type) row for an error, walking up its classes."""
+    for cls in type(error).__mro__:
+        if cls in ERROR_TABLE:
+            return ERROR_TABLE[cls]
+    return 500, "internal_error"
+
+
+def _error_response(status: int, type_: str, message: str, field: str | None = None,
+                    retry_after: int | None = None) -> Response[ErrorBody]:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return Response(ErrorBody(error=ErrorDetail(type=type_, message=message, field=field)),
+                    status_code=status, headers=headers)
+
+
+def _field_of(exc: msgspec.ValidationError) -> tuple[str | None, str]:
+    """(field path, rule) from msgspec's `Expected ... - at `$.data.top_p``."""
+    text = str(exc)
+    rule, sep, where = text.rpartition(" - at `")
+    if not sep:
+        rule, where = text, ""
+    path = where.rstrip("`").removeprefix("$.data").lstrip(".") or None
+    if m := re.search(r"unknown field `([^`]+)`", rule):
+        name = m.group(1)
+        return (f"{path}.{name}" if path else name), f"unknown field `{name}` (check its spelling)"
+    if m := re.search(r"missing required field `([^`]+)`", rule):
+        if m.group(1) == "data":
+            return None, "the request body must be a JSON object"
+        name = m.group(1)
+        return (f"{path}.{name}" if path else name), "this field is required"
+    return path, rule
+
+
+def handle_service_error(request: Request, exc: ServiceError) -> Response[ErrorBody]:
+    status, type_ = status_and_type(exc)
+    return _error_response(status, type_, exc.message, exc.field, exc.retry_after)
+
+
+def handle_validation(request: Request, exc: ValidationException) -> Response[ErrorBody]:
+    cause = exc.__cause__
+    if isinstance(cause, msgspec.ValidationError):
+        field, rule = _field_of(cause)
+        error: ServiceError = InvalidRequest(f"{field}: {rule}" if field else rule, field=field)
+    else:
+        error = InvalidRequest(str(exc.detail))
+    return handle_service_error(request, error)
+
+
+def _caused_by_bad_json(exc: BaseException) -> bool:
+    """Whether the body failed to parse as JSON (somewhere down the exception chain)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, (msgspec.DecodeError, SerializationException)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def handle_http(request: Request, exc: HTTPException) -> Response[ErrorBody]:
+    if exc.status_code == 400 and _caused_by_bad_json(exc):
+        return handle_service_error(request, InvalidJSON(f"the body is not valid JSON: {exc.detail}"))
+    type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
+    return _error_response(exc.status_code, type_, str(exc.detail))
+
+
+def handle_internal(request: Request, exc: Exception) -> Response[ErrorBody]:
+    return _error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+
+
+EXCEPTION_HANDLERS = {
+    ServiceError: handle_service_error,
+    ValidationException: handle_validation,
+    HTTPException: handle_http,
+    Exception: handle_internal,
+}

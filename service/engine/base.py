@@ -1,0 +1,39 @@
+"""What the engine layer offers the runtime: the tokenizer and backend interfaces.
+
+A backend is one loaded model instance: it evaluates tokens at positions and exposes the
+next-token logits. Sampling, stop strings, UTF-8 text and limits live above it (generation.py),
+so they are the same whichever library runs the model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class Tokenizer(Protocol):
+    """What the engine needs from a tokenizer."""
+
+    vocab_size: int
+    eos_id: int
+
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def token_bytes(self, token_id: int) -> bytes: ...
+
+
+class Backend(Protocol):
+    """One loaded model instance that runs one sequence at a time."""
+
+    model_path: Path
+    threads: int
+    context_length: int
+    vocab_size: int
+    eos_id: int
+    tokenizer: Tokenizer
+
+    def eval(self, tokens: Sequence[int], n_past: int) -> None: ...
+    def logits(self) -> np.ndarray: ...
+    def close(self) -> None: ...
