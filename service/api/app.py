@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from litestar import Litestar
-from litestar.datastructures import MutableScopeHeaders
 from litestar.openapi import OpenAPIConfig
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.native import HANDLERS as NATIVE
 from service.api.ops import HANDLERS as OPS
+from service.api.request_id import add_request_id
+from service.api.strict import strict_body
 from service.config import Settings
 from service.runtime.runtime import Runtime
-
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-def request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Give every request an id (the client's X-Request-ID if sane) and echo it on the response."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _CLIENT_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
-            await send(message)
-
-        await app(scope, receive, send_with_id)
-
-    return middleware
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
@@ -60,7 +35,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[*NATIVE, *OPS],
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
+        before_send=[add_request_id],
+        before_request=strict_body,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=1_048_576,
         openapi_config=OpenAPIConfig(title="MiniVault", version=__version__),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -13,6 +11,7 @@ from litestar.exceptions import (
 )
 
 from service.api.schemas import ErrorBody, ErrorDetail
+from service.api.strict import invalid_request
 from service.errors import (
     ContextOverflow,
     GenerationFailed,
@@ -56,24 +55,6 @@ def _error_response(status: int, type_: str, message: str, field: str | None = N
                     status_code=status, headers=headers)
 
 
-def _field_of(exc: msgspec.ValidationError) -> tuple[str | None, str]:
-    """(field path, rule) from msgspec's `Expected ... - at `$.data.top_p``."""
-    text = str(exc)
-    rule, sep, where = text.rpartition(" - at `")
-    if not sep:
-        rule, where = text, ""
-    path = where.rstrip("`").removeprefix("$.data").lstrip(".") or None
-    if m := re.search(r"unknown field `([^`]+)`", rule):
-        name = m.group(1)
-        return (f"{path}.{name}" if path else name), f"unknown field `{name}` (check its spelling)"
-    if m := re.search(r"missing required field `([^`]+)`", rule):
-        if m.group(1) == "data":
-            return None, "the request body must be a JSON object"
-        name = m.group(1)
-        return (f"{path}.{name}" if path else name), "this field is required"
-    return path, rule
-
-
 def handle_service_error(request: Request, exc: ServiceError) -> Response[ErrorBody]:
     status, type_ = status_and_type(exc)
     return _error_response(status, type_, exc.message, exc.field, exc.retry_after)
@@ -82,8 +63,7 @@ def handle_service_error(request: Request, exc: ServiceError) -> Response[ErrorB
 def handle_validation(request: Request, exc: ValidationException) -> Response[ErrorBody]:
     cause = exc.__cause__
     if isinstance(cause, msgspec.ValidationError):
-        field, rule = _field_of(cause)
-        error: ServiceError = InvalidRequest(f"{field}: {rule}" if field else rule, field=field)
+        error: ServiceError = invalid_request(cause)
     else:
         error = InvalidRequest(str(exc.detail))
     return handle_service_error(request, error)

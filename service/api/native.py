@@ -15,6 +15,7 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Stream
 
+from service.api.request_id import request_id
 from service.api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -39,7 +40,7 @@ def runtime_of(state: State) -> Runtime:
 
 
 def _request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]
+    return request_id(request.scope)
 
 
 async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> Job:

@@ -81,7 +81,7 @@ def test_seeded_requests_repeat(client):
         ({"prompt": "x", "seed": -1}, "seed", ">= 0"),
         ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop", "length <= 4"),
         ({"prompt": "x", "stop": [""]}, "stop[0]", "length >= 1"),
-        ({"prompt": 5}, "prompt", "Expected `str`"),
+        ({"prompt": 5}, "prompt", "must be a string"),
     ],
 )
 @pytest.mark.parametrize("path", ["/generate", "/generate/stream"])
