@@ -9,6 +9,8 @@ from typing import Any, Mapping
 import msgspec
 
 PREFIX = "MINIVAULT_"
+# MINIVAULT_* variables read outside Settings (by the CLI): not settings, but not unknown either
+OTHER_VARIABLES = ("URL", "DEBUG")
 
 
 class SettingsError(ValueError):
@@ -74,6 +76,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise
         except msgspec.ValidationError as exc:
             raise SettingsError(_explain(exc, raw)) from None
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One warning per MINIVAULT_* variable that is not a setting, naming the closest known one."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = [name.upper() for name in Settings.__struct_fields__] + list(OTHER_VARIABLES)
+    warnings = []
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name.removeprefix(PREFIX) not in known:
+            # compared without the shared prefix, which would make every name look close
+            close = difflib.get_close_matches(name.removeprefix(PREFIX), known, n=1, cutoff=0.6)
+            hint = f"did you mean {PREFIX}{close[0]}?" if close else "see the README's settings table"
+            warnings.append(f"{name} is not a MiniVault setting and is ignored; {hint}")
+    return warnings
 
 
 def _explain(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:

@@ -58,3 +58,23 @@ def test_find_model_takes_the_one_model_and_refuses_to_guess(tmp_path):
     (tmp_path / "other.bin").write_bytes(b"x")
     with pytest.raises(SettingsError, match="several models.*MINIVAULT_MODEL"):
         find_model(Settings(models_dir=str(tmp_path)))
+
+
+def test_unknown_variables_are_named_with_the_closest_setting():
+    from service.config import unknown_variables
+
+    env = {"MINIVAULT_WORKER": "2", "MINIVAULT_TIMEOUT": "5", "MINIVAULT_URL": "http://x", "MINIVAULT_PORT": "1",
+           "MINIVAULT_ZZZZZZ": "1", "PATH": "/bin"}
+    assert unknown_variables(env) == [
+        "MINIVAULT_TIMEOUT is not a MiniVault setting and is ignored; did you mean MINIVAULT_TIMEOUT_S?",
+        "MINIVAULT_WORKER is not a MiniVault setting and is ignored; did you mean MINIVAULT_WORKERS?",
+        "MINIVAULT_ZZZZZZ is not a MiniVault setting and is ignored; see the README's settings table",
+    ]
+    assert unknown_variables({"MINIVAULT_WORKERS": "2", "MINIVAULT_DEBUG": "1"}) == []
+
+
+def test_the_server_warns_of_a_misspelled_variable_at_start(start_server, tiny_model):
+    server = start_server(tiny_model, MINIVAULT_WORKER="2")
+    assert server.stop() == 0
+    assert ("minivault: warning: MINIVAULT_WORKER is not a MiniVault setting and is ignored; "
+            "did you mean MINIVAULT_WORKERS?") in server.output

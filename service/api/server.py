@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 
-from service.config import Settings, SettingsError
+from service.config import Settings, SettingsError, unknown_variables
 
 
 def serve(settings: Settings) -> None:
@@ -15,6 +15,8 @@ def serve(settings: Settings) -> None:
 
     from service.api.app import create_app
 
+    for warning in unknown_variables():
+        print(f"minivault: warning: {warning}", file=sys.stderr, flush=True)
     app = create_app(settings)
     # uvicorn re-raises the signal that stopped it once the drain is over, which would end the
     # process with status 143; a drained SIGTERM is a clean stop, so it exits 0 instead.
