@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     timeout_s: float = 120.0
     log_prompts: bool = True
     drain_s: float = 30.0
+    shutdown_delay_s: float = 0.0  # on SIGTERM, seconds /health says draining before the port closes
     retry_after_s: int = 1
 
     def __post_init__(self) -> None:
@@ -41,6 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("max_queue", 0 <= self.max_queue <= 10_000, "must be between 0 and 10000"),
             ("timeout_s", 0 < self.timeout_s <= 86_400, "must be > 0 and <= 86400 seconds"),
             ("drain_s", 0 <= self.drain_s <= 3_600, "must be between 0 and 3600 seconds"),
+            ("shutdown_delay_s", 0 <= self.shutdown_delay_s <= 300, "must be between 0 and 300 seconds"),
             ("retry_after_s", 1 <= self.retry_after_s <= 3_600, "must be between 1 and 3600 seconds"),
         ]
         for name, ok, rule in checks:

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from service import __version__
@@ -13,6 +14,7 @@ from service.api.errors import EXCEPTION_HANDLERS
 from service.api.native import HANDLERS as NATIVE
 from service.api.ops import HANDLERS as OPS
 from service.api.request_id import add_request_id
+from service.api.streaming import abortable_streams
 from service.api.strict import strict_body
 from service.config import Settings
 from service.runtime.runtime import Runtime
@@ -33,8 +35,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.shutdown()
 
     return Litestar(
+        state=State({"runtime": runtime}),
         route_handlers=[*NATIVE, *OPS],
         lifespan=[lifespan],
+        middleware=[abortable_streams],
         before_send=[add_request_id],
         before_request=strict_body,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -6,7 +6,7 @@ Never imports an engine library: everything model-side goes through the Runtime.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, AsyncIterator
 
 import anyio
 from litestar import Request, post
@@ -26,8 +26,9 @@ from service.api.schemas import (
     TokenizeResponse,
     Usage,
 )
+from service.api.streaming import StreamAborted
 from service.engine.sampling import SamplingParams
-from service.errors import GenerationFailed
+from service.errors import GenerationFailed, ShuttingDown
 from service.runtime.runtime import Runtime
 from service.runtime.scheduler import Job
 
@@ -83,6 +84,9 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
         done.cancel()
     if job.error is not None:
         raise GenerationFailed(f"generation failed: {job.error}")
+    if job.shut_down:
+        raise ShuttingDown("the server shut down before the generation finished; retry it",
+                           retry_after=runtime.settings.retry_after_s)
     t = job.timings()
     return GenerateResponse(
         id=job.id, response=job.text, model=runtime.model_name, finish_reason=job.finish_reason or "error",
@@ -91,13 +95,23 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
     )
 
 
+async def _plain_pieces(runtime: Runtime, job: Job) -> AsyncIterator[str]:
+    """The job's text; a failure or a shutdown cut ends the stream without its final chunk."""
+    async for piece in runtime.scheduler.pieces(job):
+        yield piece
+    if job.error is not None:
+        raise StreamAborted(f"generation failed: {job.error}")
+    if job.shut_down:
+        raise StreamAborted("cancelled: the drain's grace period ran out")
+
+
 @post("/generate/stream", status_code=200, summary="Stream a completion as plain text, token by token")
 async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> Stream:
     """Stream each token's text as it is produced (text/plain, chunked)."""
     runtime = runtime_of(state)
     job = await _admit(runtime, request, data)
     return Stream(
-        runtime.scheduler.pieces(job),
+        _plain_pieces(runtime, job),
         media_type="text/plain",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -105,6 +105,18 @@ class Runtime:
         detail = self.detail or "the model is still loading"
         raise NotReady(detail, retry_after=self.settings.retry_after_s)
 
+    def begin_drain(self) -> None:
+        """Readiness turns false and new requests are refused (503), before the listener closes."""
+        if self.status == "ok":
+            self.status = "draining"
+        if self.scheduler is not None:
+            self.scheduler.draining = True
+
+    async def finish_jobs(self) -> None:
+        """Let running generations finish for drain_s; cancel the rest, each ending in its normal shape."""
+        if self.scheduler is not None:
+            await self.scheduler.finish_jobs(self.settings.drain_s)
+
     async def shutdown(self) -> None:
         """Drain running generations (bounded by drain_s), then flush and close the log."""
         self.status = "draining" if self.status == "ok" else self.status

@@ -45,6 +45,7 @@ class Job:
         self.generation: Generation | None = None
         self.finish_reason: str | None = None
         self.error: str | None = None
+        self.shut_down = False  # cancelled because the drain's grace period ran out
         self.pieces: asyncio.Queue = asyncio.Queue()
         self.done = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -165,16 +166,22 @@ class Scheduler:
             if not job.done.is_set():
                 job.abort()
 
-    async def drain(self, timeout: float) -> None:
-        """Take no new requests; let running ones finish for `timeout` s, then cancel the rest."""
+    async def finish_jobs(self, timeout: float) -> None:
+        """Take no new requests; let running ones finish for `timeout` s, then cancel the rest
+        (marked `shut_down`, so each still ends in its endpoint's normal shape)."""
         self.draining = True
         jobs = [j._task for j in self._jobs if j._task]
         if jobs:
             _, pending = await asyncio.wait(jobs, timeout=timeout)
             if pending:
                 for job in list(self._jobs):
+                    job.shut_down = True
                     job.abort()
                 await asyncio.wait(pending)
+
+    async def drain(self, timeout: float) -> None:
+        """finish_jobs, then stop the threads and free the models."""
+        await self.finish_jobs(timeout)
         self._executor.shutdown(wait=True)
         for engine in self._engines:
             engine.close()

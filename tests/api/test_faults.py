@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from litestar.testing import TestClient
+import httpx
+import pytest
 
 from service.api.app import create_app
-from tests.support.server import read_log
+from tests.support.server import InProcessServer, read_log
 
 
 def crash_after(engine, calls: int) -> None:
@@ -25,23 +25,23 @@ def crash_after(engine, calls: int) -> None:
     engine.eval = failing_eval
 
 
-def test_crash_mid_stream_ends_the_stream_logs_error_and_frees_the_worker(long_model, settings_for):
+def test_crash_mid_stream_ends_the_stream_abnormally_logs_error_and_frees_the_worker(long_model, settings_for):
     settings = settings_for(long_model, workers=1, max_queue=0)
-    with TestClient(create_app(settings)) as c:
-        for _ in range(200):
-            if c.get("/health").status_code == 200:
-                break
-            time.sleep(0.02)
-        runtime = c.app.state.runtime
+    with InProcessServer(create_app(settings)) as server:
+        runtime = server.app.state.runtime
         crash_after(runtime.scheduler.engine, calls=6)
-        with c.stream("POST", "/generate/stream", json={"prompt": "x", "max_new_tokens": 500}) as r:
+        got = []
+        with httpx.stream("POST", server.url + "/generate/stream", json={"prompt": "x", "max_new_tokens": 500}) as r:
             assert r.status_code == 200  # headers went out before the failure
-            text = b"".join(r.iter_bytes()).decode()
             rid = r.headers["x-request-id"]
+            with pytest.raises(httpx.RemoteProtocolError):  # no final chunk: the client sees the failure
+                for chunk in r.iter_raw():
+                    got.append(chunk)
+        text = b"".join(got).decode()
         assert 0 < len(text)
-        h = c.get("/health").json()
+        h = httpx.get(server.url + "/health").json()
         assert h["status"] == "ok" and h["busy"] == 0  # the worker is free again
-        r = c.post("/generate", json={"prompt": "x", "max_new_tokens": 5})
+        r = httpx.post(server.url + "/generate", json={"prompt": "x", "max_new_tokens": 5})
         assert r.status_code == 500 and r.json()["error"]["type"] == "generation_failed"
         assert "simulated ggml failure" in r.json()["error"]["message"]
     records = read_log(Path(settings.log_file))

@@ -172,3 +172,54 @@ def test_sigterm_cancels_what_outlives_the_grace_period(start_server, long_model
     assert server.wait_stopped() == 0
     (record,) = read_log(server.log_file)
     assert record["status"] == "cancelled" and record["usage"]["completion_tokens"] < 600
+
+
+def test_end_of_the_grace_period_ends_each_request_in_its_normal_shape(start_server, long_model):
+    import threading
+
+    server = start_server(long_model, MINIVAULT_DRAIN_S=1, MINIVAULT_WORKERS=2)
+    whole: dict = {}
+
+    def generate() -> None:
+        whole["r"] = httpx.post(server.url + "/generate", json=LONG, headers={"X-Request-ID": "whole-1"}, timeout=30)
+
+    caller = threading.Thread(target=generate)
+    caller.start()
+    with httpx.stream("POST", server.url + "/generate/stream", json=LONG, timeout=30) as r:
+        chunks = r.iter_raw()
+        next(chunks)
+        wait_busy(server.url, 2)
+        server.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(httpx.RemoteProtocolError):  # no final chunk: the client sees it is incomplete
+            list(chunks)
+    caller.join(30)
+    r = whole["r"]
+    assert r.status_code == 503 and r.headers["x-request-id"] == "whole-1"
+    assert r.json()["error"]["type"] == "shutting_down" and r.headers["retry-after"]
+    assert server.wait_stopped() == 0
+    assert "Traceback" not in server.output and "ASGI callable returned" not in server.output
+    assert "stream ended abnormally: cancelled: the drain's grace period ran out" in server.output
+    records = read_log(server.log_file)
+    assert sorted(x["endpoint"] for x in records) == ["/generate", "/generate/stream"]
+    assert {x["status"] for x in records} == {"cancelled"}
+
+
+def test_readiness_turns_false_before_the_listener_closes(start_server, tiny_model):
+    server = start_server(tiny_model, MINIVAULT_SHUTDOWN_DELAY_S=3)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    health = httpx.get(server.url + "/health", timeout=2)
+    assert health.status_code == 503 and health.json()["status"] == "draining"
+    refused = httpx.post(server.url + "/generate", json={"prompt": "a"}, timeout=2)
+    assert refused.status_code == 503 and refused.json()["error"]["type"] == "shutting_down"
+    assert server.wait_stopped() == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/health", timeout=2)
+
+
+def wait_busy(url: str, n: int, timeout: float = 10.0) -> None:
+    """Until n workers are generating."""
+    deadline = time.monotonic() + timeout
+    while httpx.get(url + "/health", timeout=5).json()["busy"] < n:
+        assert time.monotonic() < deadline, "workers never got busy"
+        time.sleep(0.02)
