@@ -28,6 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     workers: int = 1
     threads: int = 0  # 0: the machine's cores divided among the workers
     max_queue: int = 16
+    max_concurrent_requests: int = 256  # in flight at once (health and metrics aside); past it 503 at once
     timeout_s: float = 120.0
     log_prompts: bool = True
     drain_s: float = 30.0
@@ -40,6 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("workers", 1 <= self.workers <= 64, "must be between 1 and 64"),
             ("threads", 0 <= self.threads <= 256, "must be between 0 (auto) and 256"),
             ("max_queue", 0 <= self.max_queue <= 10_000, "must be between 0 and 10000"),
+            ("max_concurrent_requests", 1 <= self.max_concurrent_requests <= 100_000, "must be between 1 and 100000"),
             ("timeout_s", 0 < self.timeout_s <= 86_400, "must be > 0 and <= 86400 seconds"),
             ("drain_s", 0 <= self.drain_s <= 3_600, "must be between 0 and 3600 seconds"),
             ("shutdown_delay_s", 0 <= self.shutdown_delay_s <= 300, "must be between 0 and 300 seconds"),

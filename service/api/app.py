@@ -11,6 +11,7 @@ from litestar.openapi import OpenAPIConfig
 
 from service import __version__
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.limits import request_limit
 from service.api.native import HANDLERS as NATIVE
 from service.api.ops import HANDLERS as OPS
 from service.api.request_id import add_request_id
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State({"runtime": runtime}),
         route_handlers=[*NATIVE, *OPS],
         lifespan=[lifespan],
-        middleware=[abortable_streams],
+        middleware=[request_limit(settings.max_concurrent_requests, settings.retry_after_s), abortable_streams],
         before_send=[add_request_id],
         before_request=strict_body,
         exception_handlers=EXCEPTION_HANDLERS,

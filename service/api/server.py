@@ -36,6 +36,10 @@ def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=settings.drain_s + BACKSTOP_S,  # type: ignore[arg-type] - a float works
             log_level="info",
             access_log=False,
+            # hostile clients: set explicitly, not left to defaults that may change
+            timeout_keep_alive=KEEP_ALIVE_S,  # an idle keep-alive connection is closed after this
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # request line + headers larger than this: 400
+            backlog=2048,
         )
         _draining_server(uvicorn.Server)(config, app.state.runtime, settings.shutdown_delay_s).run()
     finally:
@@ -44,6 +48,8 @@ def serve(settings: Settings) -> None:
 
 
 BACKSTOP_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEADER_BYTES = 16 * 1024
 
 
 def _draining_server(base: type) -> type:
