@@ -51,20 +51,16 @@ class SchemaTooNew(sqlite3.DatabaseError):
     """The database was made by a newer MiniVault than this one."""
 
 
-def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection in WAL mode with the schema migrated to SCHEMA_VERSION (readers: no writes)."""
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection in WAL mode (readers never block the writer) with the schema migrated."""
     path = Path(path)
-    if readonly:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
-    if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: consistent after any crash
-        migrate(conn)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: consistent after any crash
+    migrate(conn)
     return conn
 
 
