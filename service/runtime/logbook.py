@@ -20,6 +20,7 @@ import msgspec
 _STOP = object()
 _WAKE = object()
 _BATCH = 512  # records taken off the queue per pass: one write (and one transaction) for all
+_CHUNK = 1 << 16  # bytes per write(): on a nearly full disk, what fits is written, whole lines only
 _RETRY_S = 1.0  # how often a failing log is tried again while records wait
 # JSON allows these raw inside strings, but str.splitlines() and other Unicode-aware readers
 # break lines at them; escaped, a record is one line for every reader. In UTF-8 these byte
@@ -140,13 +141,23 @@ class LogBook:
         self._pending.append((record, line))
 
     def _flush(self) -> None:
-        """Write every buffered record; on failure keep them all for the next try."""
-        if not self._pending:
-            return
+        """Write the buffered records in order, a chunk at a time; on failure keep the rest for the next try."""
+        records: list[dict[str, Any]] = []
+        lines: list[bytes] = []
         try:
-            fd = self._open()
-            lines = [line for _, line in self._pending]
-            _append(fd, b"".join(lines))
+            while self._pending:
+                fd = self._open()
+                chunk, size = [], 0
+                for _, line in self._pending:
+                    if chunk and size + len(line) > _CHUNK:
+                        break
+                    chunk.append(line)
+                    size += len(line)
+                _append(fd, b"".join(chunk))
+                for _ in chunk:
+                    record, line = self._pending.popleft()
+                    records.append(record)
+                    lines.append(line)
         except OSError as exc:
             self.write_errors += 1
             self._close_fd()
@@ -154,17 +165,16 @@ class LogBook:
                 self._failing = True
                 _say(f"could not write the request log {self.path}: {exc}; keeping up to {self.buffer} "
                      "records in memory and retrying")
+        if not records:
             return
-        records = [record for record, _ in self._pending]
-        self._pending.clear()
-        self.written += len(records)
         self._unsynced = True
-        if self._failing or self._dropping:
+        if self.fsync == "record":  # durable before it counts as written and before the next record
+            self._maybe_fsync(final=True)
+        self.written += len(records)
+        if not self._pending and (self._failing or self._dropping):
             _say(f"the request log {self.path} is writable again: wrote {len(records)} waiting record(s)"
                  + (f"; {self._dropping} record(s) were dropped while the buffer was full" if self._dropping else ""))
             self._failing, self._dropping = False, 0
-        if self.fsync == "record":
-            self._maybe_fsync(final=True)
         if self.mirror is not None:
             self.mirror.write_batch(records, lines)  # reports and counts its own failures
 
@@ -175,7 +185,7 @@ class LogBook:
         if self._fd is None:
             self._reopen.clear()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
             try:
                 _repair_torn_tail(fd, self.path)
             except OSError:
