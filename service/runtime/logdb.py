@@ -30,7 +30,8 @@ MIGRATIONS: list[list[str]] = [
             extra TEXT  -- JSON of any other top-level fields of the record
         )""",
         "CREATE INDEX requests_id ON requests(id)",
-        "CREATE INDEX requests_ts ON requests(ts)",
+        # covers --stats and the time filters: they never read the wide rows (prompt, response)
+        "CREATE INDEX requests_ts ON requests(ts, model, status, total_ms, tokens_per_second)",
         "CREATE INDEX requests_model_ts ON requests(model, ts)",
         "CREATE INDEX requests_status_ts ON requests(status, ts)",
         "CREATE INDEX requests_endpoint_ts ON requests(endpoint, ts)",
