@@ -93,6 +93,29 @@ def record(i: int, now: dt.datetime) -> dict:
     }
 
 
+def writer_cost(tmp: Path, count: int = 1000, rounds: int = 5) -> None:
+    """CPU time of the writer thread per record, records arriving one at a time (a transaction each)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    configs = {"JSONL only": ("off", False), "JSONL + SQLite": ("off", True), "JSONL + SQLite, fsync record": ("record", True)}
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in configs}
+    for r in range(rounds):
+        for name, (fsync, db) in configs.items():
+            d = tmp / f"writer-{r}-{len(results[name])}-{name.replace(' ', '').replace(',', '').replace('+', '')}"
+            book = LogBook(d / "log.jsonl", fsync=fsync, mirror=LogDB(d / "log.db") if db else None)
+            records = [record(i, now) for i in range(count)]
+            wall, cpu = time.perf_counter(), time.process_time()
+            for i, rec in enumerate(records):
+                book.write(rec)
+                while book.written <= i:
+                    time.sleep(0.0001)
+            results[name].append(((time.perf_counter() - wall) / count * 1e6, (time.process_time() - cpu) / count * 1e6))
+            book.close()
+    print(f"\n| writer, one record at a time ({rounds} paired rounds of {count}) | wall µs/record | process CPU µs/record |")
+    print("|---|---|---|")
+    for name, values in results.items():
+        print(f"| {name} | {statistics.median(v[0] for v in values):.0f} | {statistics.median(v[1] for v in values):.0f} |")
+
+
 def size_and_stats(tmp: Path, records: int) -> None:
     now = dt.datetime.now(dt.timezone.utc)
     small = tmp / "size"
@@ -151,6 +174,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_throughput:
             throughput(Path(tmp), args.rounds, args.requests, args.concurrency, args.tokens)
+        writer_cost(Path(tmp))
         size_and_stats(Path(tmp), args.records)
 
 
