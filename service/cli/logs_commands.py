@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
 from service.cli.options import DEFAULT_URL, Text, Timeout, Url, app, fail, opt, reporting, say
+
+# exit codes as in options.EXIT_TABLE; `logs` never talks HTTP, so it does not import the client (httpx)
+GENERIC, USAGE, INTERRUPTED = 1, 2, 130
 
 Db = Annotated[Text, opt("The log database [env MINIVAULT_LOG_DB; log.db beside the log file].")]
 LogFile = Annotated[Text, opt("The JSONL log [env MINIVAULT_LOG_FILE; ./logs/log.jsonl].")]
@@ -24,7 +29,6 @@ STATS = (("requests", "REQUESTS"), ("ok", "OK"), ("error", "ERROR"), ("timeout",
 
 def _paths(db: str | None, log_file: str | None) -> tuple[Path | None, Path]:
     """The database (None when MINIVAULT_LOG_DB=off and no --db) and the JSONL, as the server finds them."""
-    from service.cli.http import USAGE
     from service.config import Settings, SettingsError
 
     try:
@@ -77,7 +81,6 @@ def logs(
     Filters combine (AND). Errors are error and timeout; latency percentiles are over ok requests.
     `--reindex` builds or refreshes the database from log.jsonl, so older logs become queryable.
     """
-    from service.cli.http import GENERIC, USAGE
     from service.runtime import logdb, logquery
 
     if as_json and (as_jsonl or follow):
@@ -97,7 +100,7 @@ def logs(
     if not reindex and not db_path.is_file():
         hint = f"; build it from {jsonl} with `minivault logs --reindex`" if jsonl.is_file() else ""
         raise fail(f"no log database at {db_path}{hint}", GENERIC)
-    with reporting():
+    with _reading():
         conn = logdb.connect(db_path)
         try:
             if reindex:
@@ -123,6 +126,25 @@ def logs(
                         last = new[-1]["seq"]
         finally:
             conn.close()
+
+
+@contextmanager
+def _reading() -> Iterator[None]:
+    """Ctrl-C (ends --follow) and a reader gone away (`| head`) as the other commands report them."""
+    import sqlite3
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise fail("interrupted", INTERRUPTED) from None
+    except BrokenPipeError:
+        try:
+            sys.stdout = open(os.devnull, "w")  # the interpreter's final flush must not fail again
+        except OSError:
+            pass
+        raise typer.Exit(GENERIC) from None
+    except sqlite3.Error as exc:
+        raise fail(f"cannot read the log database: {exc}", GENERIC) from None
 
 
 def msgspec_replace(filters: Any, **changes: Any) -> Any:
