@@ -34,6 +34,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     drain_s: float = 30.0
     shutdown_delay_s: float = 0.0  # on SIGTERM, seconds /health says draining before the port closes
     retry_after_s: int = 1
+    log_db: str = ""  # the SQLite mirror of the log: "" is log.db beside log_file, "off" disables it
+    log_fsync: str = "off"  # off, record (fsync every write), or N: fsync at most every N ms
+    log_buffer: int = 10_000  # records kept while the log cannot be written; more are dropped
 
     def __post_init__(self) -> None:
         checks = [
@@ -46,10 +49,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("drain_s", 0 <= self.drain_s <= 3_600, "must be between 0 and 3600 seconds"),
             ("shutdown_delay_s", 0 <= self.shutdown_delay_s <= 300, "must be between 0 and 300 seconds"),
             ("retry_after_s", 1 <= self.retry_after_s <= 3_600, "must be between 1 and 3600 seconds"),
+            ("log_fsync", _fsync_ok(self.log_fsync), "must be off, record, or a number of ms from 1 to 60000"),
+            ("log_buffer", 1 <= self.log_buffer <= 1_000_000, "must be between 1 and 1000000 records"),
         ]
         for name, ok, rule in checks:
             if not ok:
                 raise SettingsError(f"{PREFIX}{name.upper()}={getattr(self, name)!r} is invalid: {rule}")
+
+    @property
+    def log_db_path(self) -> Path | None:
+        """Where the SQLite log lives, or None when MINIVAULT_LOG_DB=off."""
+        if self.log_db.lower() == "off":
+            return None
+        return Path(self.log_db) if self.log_db else Path(self.log_file).with_name("log.db")
 
     @property
     def threads_per_worker(self) -> int:
@@ -107,6 +119,11 @@ def _explain(exc: msgspec.ValidationError, raw: Mapping[str, Any]) -> str:
         rule = rule.replace("`int`", "an integer").replace("`float`", "a number").replace("`bool`", "true or false")
         return f"{PREFIX}{field.upper()}={raw.get(field)!r} is invalid: {rule.lower()}"
     return text
+
+
+def _fsync_ok(value: str) -> bool:
+    """off, record, or whole milliseconds between 1 and 60000."""
+    return value in ("off", "record") or (value.isdigit() and 1 <= int(value) <= 60_000)
 
 
 def available_cores() -> int:

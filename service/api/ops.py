@@ -17,6 +17,7 @@ def health(state: State) -> Response[Health]:
     s = runtime.scheduler
     if runtime.status == "ok" and s is not None:
         body = Health(status="ok", model=runtime.model_name, manifest=runtime.manifest,
+                      model_sha256=runtime.model_sha256,
                       workers=s.workers, busy=s.busy, queued=s.queued)
         return Response(body, status_code=200)
     body = Health(status=runtime.status, model=runtime.model_name, detail=runtime.detail)  # type: ignore[arg-type]

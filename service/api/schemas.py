@@ -89,6 +89,7 @@ class Health(Base, omit_defaults=True):
     model: str | None = None
     detail: str | None = None
     manifest: dict | None = None
+    model_sha256: str | None = None
     workers: int | None = None
     busy: int | None = None
     queued: int | None = None

@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,11 +17,13 @@ from typing import Any
 
 import msgspec
 
+from service import __version__
 from service.config import Settings, find_model
 from service.engine.base import Tokenizer
 from service.engine.ctransformers_backend import Engine
 from service.errors import NotReady
 from service.runtime.logbook import LogBook
+from service.runtime.logdb import LogDB
 from service.runtime.scheduler import Job, Scheduler
 
 log = logging.getLogger("minivault")
@@ -71,19 +74,29 @@ class Runtime:
         self.status = "loading"
         self.detail: str | None = None
         self.manifest: dict[str, Any] | None = None
+        self.model_sha256: str | None = None  # the manifest's, else computed once at load
         self.scheduler: Scheduler | None = None
-        self.logbook = LogBook(settings.log_file)
+        db = settings.log_db_path
+        self.logdb = LogDB(db) if db is not None else None
+        self.logbook = LogBook(settings.log_file, fsync=settings.log_fsync, buffer=settings.log_buffer,
+                               mirror=self.logdb)
         self._libdir = Path(tempfile.mkdtemp(prefix="minivault-lib-"))
         self._loading: asyncio.Task | None = None
 
     def start_loading(self) -> None:
         """Load the model pool in a thread; /health says `loading` until it is done."""
-        self._loading = asyncio.get_running_loop().create_task(self._load())
+        loop = asyncio.get_running_loop()
+        self._loading = loop.create_task(self._load())
+        try:  # logrotate's postrotate sends SIGHUP: reopen the log instead of dying
+            loop.add_signal_handler(signal.SIGHUP, self.logbook.reopen)
+        except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+            pass  # not the main thread (an in-process test client) or no SIGHUP here
 
     async def _load(self) -> None:
         s = self.settings
         try:
             self.manifest = await asyncio.to_thread(load_manifest, self.model_path)
+            self.model_sha256 = await asyncio.to_thread(model_sha256, self.model_path, self.manifest)
             engines = await asyncio.to_thread(
                 load_engines, self.model_path, s.workers, s.threads_per_worker, self._libdir
             )
@@ -124,6 +137,10 @@ class Runtime:
             await asyncio.wait({self._loading})
         if self.scheduler is not None:
             await self.scheduler.drain(self.settings.drain_s)
+        try:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+            pass
         await asyncio.to_thread(self.logbook.close)
         shutil.rmtree(self._libdir, ignore_errors=True)
 
@@ -136,6 +153,9 @@ class Runtime:
             "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "endpoint": job.endpoint,
             "model": self.model_name,
+            "model_sha256": self.model_sha256,
+            "engine": ENGINE_NAME,
+            "version": __version__,
             "status": job.status,
             "finish_reason": job.finish_reason,
         }
@@ -152,6 +172,18 @@ class Runtime:
         if job.error:
             record["error"] = job.error
         self.logbook.write(record)
+
+
+ENGINE_NAME = "ctransformers"  # the backend that ran the generation, for replay
+
+
+def model_sha256(model_path: Path, manifest: dict[str, Any] | None) -> str:
+    """The model file's sha256: the manifest's (its size was checked), else hashed now."""
+    if manifest and manifest.get("sha256"):
+        return str(manifest["sha256"]).lower()
+    from service.formats.manifest import file_sha256
+
+    return file_sha256(model_path)
 
 
 def _model_name(path: Path) -> str:

@@ -139,10 +139,13 @@ def test_detokenize_names_the_bad_id(client):
     assert r.status_code == 422 and r.json()["error"]["field"] == "tokens[0]"
 
 
-def test_health_reports_model(client):
+def test_health_reports_model(client, tiny_model):
+    from service.formats.manifest import file_sha256
+
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model": "tiny", "workers": 1, "busy": 0, "queued": 0}
+    assert r.json() == {"status": "ok", "model": "tiny", "model_sha256": file_sha256(tiny_model), "workers": 1,
+                        "busy": 0, "queued": 0}
 
 
 def test_unloadable_model_is_health_error_and_503(settings_for, tmp_path):

@@ -1,0 +1,131 @@
+"""`minivault replay`'s workings: find a record, re-run it by its endpoint, compare the text.
+
+REPLAYERS maps a logged `endpoint` to how it is sent again; an endpoint family adds one entry
+(its request body from the logged parameters, and how to read the text back).
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import closing
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+from service.cli.http import USAGE, Client, ClientError, generation_body
+
+CANNOT = USAGE  # exit status when a record cannot be replayed (wrong model, no prompt, unknown id)
+NATIVE_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop")
+
+
+class Replayer(NamedTuple):
+    """How to re-send one endpoint's record: over HTTP, and which native parameters it maps to."""
+
+    http: Callable[[Client, dict[str, Any]], str]
+    params: Callable[[dict[str, Any]], dict[str, Any]]  # the record's params -> native SamplingParams fields
+
+
+def _native_params(record: dict[str, Any]) -> dict[str, Any]:
+    """The logged native parameters, the seed actually used among them."""
+    params = record.get("params") or {}
+    missing = [name for name in NATIVE_PARAMS if name not in params]
+    if missing:
+        raise ClientError(f"record {record['id']} lacks {', '.join(missing)}: it cannot be replayed exactly", CANNOT)
+    return {name: params[name] for name in NATIVE_PARAMS}
+
+
+def _generate(client: Client, record: dict[str, Any]) -> str:
+    body = generation_body(record["prompt"], **_native_params(record))
+    return client.generate(body).get("response", "")
+
+
+def _stream(client: Client, record: dict[str, Any]) -> str:
+    body = generation_body(record["prompt"], **_native_params(record))
+    with closing(client.stream(body)) as chunks:
+        return "".join(chunks)
+
+
+REPLAYERS: dict[str, Replayer] = {
+    "/generate": Replayer(_generate, _native_params),
+    "/generate/stream": Replayer(_stream, _native_params),
+}
+
+
+def find_record(record_id: str, db: Path | None, log_file: Path | None) -> dict[str, Any]:
+    """The latest record with this id: from the database, else by reading the JSONL."""
+    if db is not None and db.is_file():
+        from service.runtime import logdb, logquery
+
+        conn = logdb.connect(db)
+        try:
+            rows = logquery.select(conn, logquery.Filters(id=record_id), limit=1)
+        finally:
+            conn.close()
+        if rows:
+            return rows[-1]
+    if log_file is not None and log_file.is_file():
+        from service.runtime.logdb import jsonl_records
+
+        found = None
+        for record, _ in jsonl_records(log_file):
+            if record is not None and record.get("id") == record_id:
+                found = record
+        if found is not None:
+            return found
+    where = " or ".join(str(p) for p in (db, log_file) if p is not None)
+    raise ClientError(f"no record with id {record_id} in {where}", CANNOT)
+
+
+def check_replayable(record: dict[str, Any]) -> Replayer:
+    """The record's replayer, or a clear refusal saying what is missing."""
+    if record.get("prompt") is None or record.get("response") is None:
+        raise ClientError(f"record {record['id']} has no prompt/response (logged with MINIVAULT_LOG_PROMPTS=false): "
+                          "nothing to replay", CANNOT)
+    if not record.get("model_sha256"):
+        raise ClientError(f"record {record['id']} has no model_sha256 (logged by an older MiniVault): "
+                          "the model it ran on cannot be checked", CANNOT)
+    replayer = REPLAYERS.get(record.get("endpoint") or "")
+    if replayer is None:
+        known = ", ".join(sorted(REPLAYERS))
+        raise ClientError(f"record {record['id']} is from {record.get('endpoint')}, which replay does not know "
+                          f"(it replays {known})", CANNOT)
+    return replayer
+
+
+def check_model(record: dict[str, Any], sha256: str | None, engine: str | None, where: str) -> None:
+    """Refuse unless the model (and engine, when known) are the ones the record ran on."""
+    if sha256 != record["model_sha256"]:
+        raise ClientError(f"refusing to replay {record['id']}: it ran on a model with sha256 {record['model_sha256']}, "
+                          f"but {where} has {sha256 or 'an unknown sha256'}", CANNOT)
+    if engine and record.get("engine") and engine != record["engine"]:
+        raise ClientError(f"refusing to replay {record['id']}: it ran on the {record['engine']} engine, "
+                          f"but {where} uses {engine}", CANNOT)
+
+
+def server_model(client: Client) -> tuple[str | None, str | None]:
+    """The server's model sha256 and engine, from /health."""
+    with client._call():
+        response = client._http.get("/health")
+    health = client._json(response)
+    sha = health.get("model_sha256") or (health.get("manifest") or {}).get("sha256")
+    return sha, health.get("engine")
+
+
+def first_difference(a: str, b: str) -> int | None:
+    """Index of the first character where a and b differ (or where the shorter ends); None if equal."""
+    if a == b:
+        return None
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def describe_difference(logged: str, replayed: str, at: int) -> str:
+    """Where two texts part, with a little context of each."""
+    line = logged.count("\n", 0, at) + 1
+    col = at - (logged.rfind("\n", 0, at) + 1) + 1
+    start = max(0, at - 20)
+    return (f"differs at character {at} (line {line}, column {col}) of {len(logged)} logged / {len(replayed)} "
+            f"replayed: logged …{json.dumps(logged[start:at + 20], ensure_ascii=False)}, "
+            f"replayed …{json.dumps(replayed[start:at + 20], ensure_ascii=False)}")
