@@ -8,14 +8,16 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 from litestar import Litestar
-from litestar.datastructures import MutableScopeHeaders
+from litestar.datastructures import MutableScopeHeaders, State
 from litestar.openapi import OpenAPIConfig
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.metering import metering_middleware
 from service.api.native import HANDLERS as NATIVE
 from service.api.ops import HANDLERS as OPS
+from service.api.security import allowed_hosts, cors_config, guard, load_keyring
 from service.config import Settings
 from service.runtime.runtime import Runtime
 
@@ -46,6 +48,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the MiniVault app. Raises SettingsError at once if the model cannot be found."""
     settings = settings or Settings.from_env()
+    keyring = load_keyring(settings)  # a missing keys file stops the start, like a missing model
     runtime = Runtime(settings)
 
     @asynccontextmanager
@@ -60,7 +63,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[*NATIVE, *OPS],
         lifespan=[lifespan],
-        middleware=[request_id_middleware],
+        middleware=[request_id_middleware, metering_middleware],
+        guards=[guard],
+        allowed_hosts=allowed_hosts(settings),
+        cors_config=cors_config(settings),
+        state=State({"settings": settings, "keyring": keyring}),
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=1_048_576,
         openapi_config=OpenAPIConfig(title="MiniVault", version=__version__),

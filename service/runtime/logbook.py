@@ -7,7 +7,7 @@ import queue
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 
@@ -26,8 +26,9 @@ class LogBook:
     and the request it belongs to goes on unaffected.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], on_failure: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
+        self._on_failure = on_failure  # e.g. the log-write-failures counter
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._encoder = msgspec.json.Encoder()
         self._thread = threading.Thread(target=self._loop, name="minivault-logbook", daemon=True)
@@ -57,6 +58,8 @@ class LogBook:
                 f.write(line)
             except Exception as exc:  # never let the log fail a request
                 print(f"minivault: could not write the request log {self.path}: {exc}", file=sys.stderr, flush=True)
+                if self._on_failure is not None:
+                    self._on_failure()
                 if f is not None:
                     try:
                         f.close()
