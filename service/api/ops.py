@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from litestar import get
+from litestar import Request, get
 from litestar.datastructures import State
 from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
 from litestar.response import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from service.api.native import runtime_of
 from service.api.schemas import Health
@@ -41,12 +41,14 @@ def health(state: State) -> Response[Health]:
 
 
 @get("/metrics", summary="Prometheus metrics (text format)", sync_to_thread=False, opt={"metrics": True})
-def metrics(state: State) -> Response[bytes]:
+def metrics(request: Request, state: State) -> Response[bytes]:
     """Counters, histograms and gauges of this server, from its own registry."""
     m = runtime_of(state).metrics
     if m is None:
         raise NotFoundException("metrics are off (MINIVAULT_METRICS=false)")
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    # the text format, or OpenMetrics when the scraper asks for it (Prometheus does)
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(m.registry), headers={"Content-Type": content_type})
 
 
 @get("/", summary="The playground: a page to try prompts and watch tokens stream", sync_to_thread=False,
