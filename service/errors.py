@@ -49,6 +49,10 @@ class Unauthorized(ServiceError):
     """A missing or wrong API key (the message never contains the key)."""
 
 
+class InvalidHost(ServiceError):
+    """The Host header names a host this server does not answer to (e.g. a DNS-rebinding page)."""
+
+
 class UnsupportedMediaType(ServiceError):
     """A request body that is not declared as application/json."""
 

@@ -63,9 +63,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
     return Litestar(
         route_handlers=[*NATIVE, *OPS],
         lifespan=[lifespan],
-        middleware=[request_id_middleware, metering_middleware],
+        # the Host check (Litestar's allowed-hosts middleware, on the name) before anything is counted
+        middleware=[request_id_middleware, allowed_hosts(settings), metering_middleware],
         guards=[guard],
-        allowed_hosts=allowed_hosts(settings),
         cors_config=cors_config(settings),
         state=State({"settings": settings, "keyring": keyring}),
         exception_handlers=EXCEPTION_HANDLERS,

@@ -18,6 +18,7 @@ from service.api.security import WWW_AUTHENTICATE, authenticate, is_public
 from service.errors import (
     ContextOverflow,
     GenerationFailed,
+    InvalidHost,
     InvalidJSON,
     InvalidRequest,
     NotReady,
@@ -42,6 +43,7 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
     NotReady: (503, "model_not_ready"),
     ShuttingDown: (503, "shutting_down"),
     GenerationFailed: (500, "generation_failed"),
+    InvalidHost: (400, "invalid_host"),
     Unauthorized: (401, "unauthorized"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
 }

@@ -9,10 +9,14 @@ from pathlib import Path
 from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.config.cors import CORSConfig
 from litestar.connection import ASGIConnection
+from litestar.datastructures import Headers
 from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import DefineMiddleware
+from litestar.middleware.allowed_hosts import AllowedHostsMiddleware
+from litestar.types import Receive, Scope, Send
 
 from service.config import PREFIX, Settings, SettingsError
-from service.errors import Unauthorized, UnsupportedMediaType
+from service.errors import InvalidHost, Unauthorized, UnsupportedMediaType
 
 LOOPBACK = ("localhost", "127.0.0.1", "[::1]")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
@@ -122,20 +126,39 @@ def guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
                 else "Content-Type must be application/json (the header is missing)", field="Content-Type")
 
 
-def allowed_hosts(settings: Settings) -> AllowedHostsConfig:
-    """Loopback names, the listen address and MINIVAULT_ALLOWED_HOSTS; a name without a port is
-    allowed bare and on the listen port. /health is exempt (probes use the pod or container IP)."""
+def hostname(host: str) -> str:
+    """The name part of a Host header: `[::1]:8000` -> `[::1]`, `localhost:8000` -> `localhost`."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class HostCheck(AllowedHostsMiddleware):
+    """Litestar's allowed-hosts matching (exact names, `*.domain`, `*`) on the Host header's name.
+
+    The port is left out: a rebinding page can choose its port but not make the browser send
+    another name, and a published or proxied port need not be known in advance.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        host = Headers.from_scope(scope).get("host", "")
+        if self.allowed_hosts_regex is None or self.allowed_hosts_regex.fullmatch(hostname(host).lower()):
+            await self.app(scope, receive, send)
+            return
+        raise InvalidHost(f"Host {host[:100]!r} is not one this server answers to: add it to "
+                          f"{PREFIX}ALLOWED_HOSTS if it should be", field="Host")
+
+
+def allowed_hosts(settings: Settings) -> DefineMiddleware:
+    """The Host check: loopback names, the listen address and MINIVAULT_ALLOWED_HOSTS, any port.
+    /health is exempt (container and Kubernetes probes use the pod's or container's IP)."""
     names = list(LOOPBACK)
     host = settings.host.strip()
     if host not in ("", "0.0.0.0", "::"):
         names.append(f"[{host}]" if ":" in host and not host.startswith("[") else host)
-    names += Settings.split(settings.allowed_hosts)
-    hosts: list[str] = []
-    for name in dict.fromkeys(names):
-        hosts.append(name)
-        if name != "*" and not name.rsplit("]", 1)[-1].count(":"):  # no port given
-            hosts.append(f"{name}:{settings.port}")
-    return AllowedHostsConfig(allowed_hosts=hosts, exclude=["^/health$"])
+    names += [hostname(name) for name in Settings.split(settings.allowed_hosts)]
+    config = AllowedHostsConfig(allowed_hosts=[n.lower() for n in dict.fromkeys(names)], exclude=["^/health$"])
+    return DefineMiddleware(HostCheck, config=config)
 
 
 def cors_config(settings: Settings) -> CORSConfig | None:
