@@ -163,6 +163,7 @@ def test_health_and_playground_are_public_metrics_need_the_key_by_default(server
     assert httpx.get(url + "/health").status_code == 200
     page = httpx.get(url + "/")
     assert page.status_code == 200 and 'data-keys="on"' in page.text  # the page asks for the key
+    assert httpx.get(url + "/schema/openapi.json").status_code == 200
     assert httpx.get(url + "/metrics").status_code == 401
     r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 200 and "minivault_requests_total" in r.text
