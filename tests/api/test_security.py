@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 import httpx
 import openai
 import pytest
@@ -221,3 +222,27 @@ def test_unreadable_keys_file_stops_the_start(tmp_path, tiny_model):
     with pytest.raises(SettingsError, match="8\\+ characters"):
         create_app(Settings(model=str(tiny_model), api_keys="short"))
 
+
+
+@pytest.mark.parametrize("host, name", [("localhost:8000", "localhost"), ("[::1]:8000", "[::1]"), ("[::1]", "[::1]"),
+                                        ("example.com", "example.com"), ("a.example.com:443", "a.example.com")])
+def test_hostname_drops_only_the_port(host, name):
+    from service.api.security import hostname
+
+    assert hostname(host) == name
+
+
+@pytest.mark.parametrize("allowed, host, status", [
+    ("*.example.com", "api.example.com:8443", 200), ("*.example.com", "example.com.evil.net", 400),
+    ("*", "anything.at.all:1", 200), ("", "testserver.local", 400), ("", "127.0.0.1.evil.net", 400),
+])
+def test_allowed_hosts_wildcards(tiny_model, tmp_path, allowed, host, status):
+    from litestar.testing import TestClient
+
+    settings = Settings(model=str(tiny_model), log_file=str(tmp_path / "log.jsonl"), threads=1, allowed_hosts=allowed)
+    with TestClient(create_app(settings), base_url=f"http://{host}") as c:
+        for _ in range(300):  # /health is exempt from the check
+            if c.get("/health").status_code == 200:
+                break
+            time.sleep(0.02)
+        assert c.post("/detokenize", json={"tokens": []}, headers={"Host": host}).status_code == status
