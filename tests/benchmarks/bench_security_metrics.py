@@ -113,6 +113,11 @@ def main() -> None:
                             lat[label].append(short_latency(c, args.short))
                         print(f"{name} round {n + 1}: off {rates['off'][-1]:.1f} tok/s {lat['off'][-1]:.1f} ms, "
                               f"on {rates['on'][-1]:.1f} tok/s {lat['on'][-1]:.1f} ms", file=sys.stderr)
+            except BaseException:
+                for label, server in (("off", off), ("on", on)):
+                    server.stop()
+                    print(f"--- {label} server (exit {server.proc.returncode}):\n{server.output[-3000:]}", file=sys.stderr)
+                raise
             finally:
                 scraper.stop.set()
                 off.stop()
