@@ -68,6 +68,32 @@ class Scraper(threading.Thread):
                 self.count += 1
 
 
+def layer_costs(n: int = 20_000) -> dict[str, float]:
+    """Microseconds per call of what the layers add to a request, in-process (median of 5 runs)."""
+    import timeit
+
+    from prometheus_client import generate_latest
+
+    from service.api.security import KeyRing
+    from service.engine.sampling import SamplingParams
+    from service.runtime.metrics import Load, Metrics
+    from service.runtime.scheduler import Job
+
+    metrics = Metrics("bench", "0", "ctransformers", lambda: Load("bench", True, 1.0, 1, 0, 0))
+    job = Job("/generate/stream", PROMPT, [1, 2, 3, 4], SamplingParams(max_new_tokens=128))
+    job.started_at, job.ended_at = job.admitted_at + 0.001, job.admitted_at + 1.0
+    ring = KeyRing([KEY, "another-key-0123456789"])
+    calls = {
+        "metrics per job (observe_job)": lambda: metrics.observe_job(job),
+        "metrics per refused request": lambda: metrics.observe_request("/generate", "refused_422"),
+        "key check (2 keys, constant time)": lambda: ring.identify(KEY),
+    }
+    out = {name: min(timeit.repeat(f, number=n, repeat=5)) / n * 1e6 for name, f in calls.items()}
+    out["one /metrics render"] = min(timeit.repeat(lambda: generate_latest(metrics.registry), number=200,
+                                                   repeat=5)) / 200 * 1e6
+    return out
+
+
 def models(tmp: Path, which: list[str]) -> dict[str, Path]:
     out = {}
     for name in which:
@@ -91,7 +117,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", default="gpt2-small-q4_0,tiny-384x6")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--micro-only", action="store_true", help="only the in-process cost per call")
     args = ap.parse_args()
+    costs = layer_costs()
+    print("in-process cost per call (best of 5):", file=sys.stderr)
+    for name, us in costs.items():
+        print(f"  {name}: {us:.1f} µs", file=sys.stderr)
+    if args.micro_only:
+        return
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
