@@ -37,6 +37,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_db: str = ""  # the SQLite mirror of the log: "" is log.db beside log_file, "off" disables it
     log_fsync: str = "off"  # off, record (fsync every write), or N: fsync at most every N ms
     log_buffer: int = 10_000  # records kept while the log cannot be written; more are dropped
+    # exposing the service (see the README's "Exposing MiniVault")
+    api_keys: str = ""  # comma-separated; with api_keys_file, keys are required (off when both are empty)
+    api_keys_file: str = ""  # one key per line, `#` comments
+    metrics_public: bool = False  # whether GET /metrics needs no key when keys are on
+    metrics: bool = True  # false: no /metrics and nothing measured (for benchmarks)
+    allowed_hosts: str = ""  # comma-separated Host values accepted besides loopback and the listen address
+    cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty: CORS off
 
     def __post_init__(self) -> None:
         checks = [
@@ -55,6 +62,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         for name, ok, rule in checks:
             if not ok:
                 raise SettingsError(f"{PREFIX}{name.upper()}={getattr(self, name)!r} is invalid: {rule}")
+
+    @staticmethod
+    def split(value: str) -> list[str]:
+        """A comma-separated setting as a list, without blanks."""
+        return [item.strip() for item in value.split(",") if item.strip()]
 
     @property
     def log_db_path(self) -> Path | None:

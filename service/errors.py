@@ -45,6 +45,19 @@ class GenerationFailed(ServiceError):
     """The model failed while generating."""
 
 
+class Unauthorized(ServiceError):
+    """A missing or wrong API key (the message never contains the key)."""
+
+
+class InvalidHost(ServiceError):
+    """The Host header names a host this server does not answer to (e.g. a DNS-rebinding page)."""
+
+
+class UnsupportedMediaType(ServiceError):
+    """A request body that is not declared as application/json."""
+
+
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line (its type's name when it has none), for a user."""
     return " ".join(str(exc).split()) or type(exc).__name__
+

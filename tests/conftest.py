@@ -70,7 +70,9 @@ def settings_for(tmp_path: Path):
     """Settings for a model, logging into this test's tmp dir."""
 
     def make(model: Path, **overrides) -> Settings:
-        fields = {"model": str(model), "log_file": str(tmp_path / "logs" / "log.jsonl"), "threads": 1}
+        # Litestar's TestClient sends `Host: testserver.local`
+        fields = {"model": str(model), "log_file": str(tmp_path / "logs" / "log.jsonl"), "threads": 1,
+                  "allowed_hosts": "testserver.local"}
         return Settings(**(fields | overrides))
 
     return make

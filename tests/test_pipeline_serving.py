@@ -37,7 +37,8 @@ def started(client: TestClient) -> dict:
 
 def test_converted_model_serves_with_its_manifest_and_tokenizer(tmp_path):  # found in the models dir
     model = converted(tmp_path)
-    settings = Settings(models_dir=str(tmp_path / "models"), log_file=str(tmp_path / "log.jsonl"), threads=1)
+    settings = Settings(models_dir=str(tmp_path / "models"), log_file=str(tmp_path / "log.jsonl"), threads=1,
+                        allowed_hosts="testserver.local")
     with TestClient(create_app(settings)) as c:
         health = started(c)
         assert health["status"] == "ok" and health["model"] == "tiny-q8_0"

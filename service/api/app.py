@@ -12,9 +12,11 @@ from litestar.openapi import OpenAPIConfig
 from service import __version__
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.limits import request_limit
+from service.api.metering import metering_middleware
 from service.api.native import HANDLERS as NATIVE
 from service.api.ops import HANDLERS as OPS
 from service.api.request_id import add_request_id
+from service.api.security import allowed_hosts, cors_config, guard, load_keyring
 from service.api.streaming import abortable_streams
 from service.api.strict import strict_body
 from service.config import Settings
@@ -24,6 +26,7 @@ from service.runtime.runtime import Runtime
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the MiniVault app. Raises SettingsError at once if the model cannot be found."""
     settings = settings or Settings.from_env()
+    keyring = load_keyring(settings)  # a missing keys file stops the start, like a missing model
     runtime = Runtime(settings)
 
     @asynccontextmanager
@@ -36,10 +39,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.shutdown()
 
     return Litestar(
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "settings": settings, "keyring": keyring}),
         route_handlers=[*NATIVE, *OPS],
         lifespan=[lifespan],
-        middleware=[request_limit(settings.max_concurrent_requests, settings.retry_after_s), abortable_streams],
+        # the Host check (Litestar's allowed-hosts middleware, on the name) before anything is counted
+        middleware=[allowed_hosts(settings), metering_middleware,
+                    request_limit(settings.max_concurrent_requests, settings.retry_after_s), abortable_streams],
+        guards=[guard],
+        cors_config=cors_config(settings),
         before_send=[add_request_id],
         before_request=strict_body,
         exception_handlers=EXCEPTION_HANDLERS,

@@ -10,18 +10,23 @@ from litestar.exceptions import (
     ValidationException,
 )
 
-from service.api.schemas import ErrorBody, ErrorDetail
+from service.api.families import error_body
+from service.api.schemas import ErrorBody
+from service.api.security import WWW_AUTHENTICATE, authenticate, is_public
 from service.api.strict import invalid_request
 from service.errors import (
     ContextOverflow,
     GenerationFailed,
+    InvalidHost,
     InvalidJSON,
     InvalidRequest,
     NotReady,
     QueueFull,
     ServiceError,
     ShuttingDown,
+    Unauthorized,
     UnknownToken,
+    UnsupportedMediaType,
 )
 
 _HTTP_TYPES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
@@ -37,6 +42,9 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
     NotReady: (503, "model_not_ready"),
     ShuttingDown: (503, "shutting_down"),
     GenerationFailed: (500, "generation_failed"),
+    InvalidHost: (400, "invalid_host"),
+    Unauthorized: (401, "unauthorized"),
+    UnsupportedMediaType: (415, "unsupported_media_type"),
 }
 
 
@@ -48,16 +56,18 @@ def status_and_type(error: ServiceError) -> tuple[int, str]:
     return 500, "internal_error"
 
 
-def _error_response(status: int, type_: str, message: str, field: str | None = None,
+def _error_response(request: Request, status: int, type_: str, message: str, field: str | None = None,
                     retry_after: int | None = None) -> Response[ErrorBody]:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
-    return Response(ErrorBody(error=ErrorDetail(type=type_, message=message, field=field)),
-                    status_code=status, headers=headers)
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
+    return Response(error_body(request.url.path, status, type_, message, field),  # type: ignore[arg-type]
+                    status_code=status, headers=headers or None)
 
 
 def handle_service_error(request: Request, exc: ServiceError) -> Response[ErrorBody]:
     status, type_ = status_and_type(exc)
-    return _error_response(status, type_, exc.message, exc.field, exc.retry_after)
+    return _error_response(request, status, type_, exc.message, exc.field, exc.retry_after)
 
 
 def handle_validation(request: Request, exc: ValidationException) -> Response[ErrorBody]:
@@ -84,12 +94,17 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
 def handle_http(request: Request, exc: HTTPException) -> Response[ErrorBody]:
     if exc.status_code == 400 and _caused_by_bad_json(exc):
         return handle_service_error(request, InvalidJSON(f"the body is not valid JSON: {exc.detail}"))
+    if exc.status_code in (404, 405) and not is_public(request, None):
+        try:  # without a valid key, an unknown path says 401 too: routes cannot be probed
+            authenticate(request)
+        except Unauthorized as refused:
+            return handle_service_error(request, refused)
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return _error_response(exc.status_code, type_, str(exc.detail))
+    return _error_response(request, exc.status_code, type_, str(exc.detail))
 
 
 def handle_internal(request: Request, exc: Exception) -> Response[ErrorBody]:
-    return _error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+    return _error_response(request, 500, "internal_error", f"internal error: {type(exc).__name__}")
 
 
 EXCEPTION_HANDLERS = {

@@ -53,7 +53,11 @@ async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> J
         max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
         top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
     )
-    return scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request))
+    state = request.scope["state"]
+    job = scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request),
+                          key_id=state.get("key_id"))
+    state["job"] = job.id  # the job is counted in the metrics when it ends, not by the middleware
+    return job
 
 
 async def _client_gone(request: Request) -> None:

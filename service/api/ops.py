@@ -1,16 +1,33 @@
-"""Operations endpoints: /health."""
+"""Operations endpoints: /health, /metrics (Prometheus) and the playground page at /."""
 
 from __future__ import annotations
 
-from litestar import get
+from importlib.resources import files
+
+from litestar import Request, get
 from litestar.datastructures import State
+from litestar.enums import MediaType
+from litestar.exceptions import NotFoundException
 from litestar.response import Response
+from prometheus_client.exposition import choose_encoder
 
 from service.api.native import runtime_of
 from service.api.schemas import Health
 
+PLAYGROUND = files("service.api").joinpath("static", "playground.html")
+# everything the page needs is inline; it may talk to this server only, and never be framed
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                               "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+                               "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
-@get("/health", summary="Liveness and readiness: 200 once the model is loaded", sync_to_thread=False)
+
+@get("/health", summary="Liveness and readiness: 200 once the model is loaded", sync_to_thread=False,
+     opt={"public": True})
 def health(state: State) -> Response[Health]:
     """Model status; never waits on the model."""
     runtime = runtime_of(state)
@@ -24,4 +41,25 @@ def health(state: State) -> Response[Health]:
     return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})
 
 
-HANDLERS = [health]
+@get("/metrics", summary="Prometheus metrics (text format)", sync_to_thread=False, opt={"metrics": True})
+def metrics(request: Request, state: State) -> Response[bytes]:
+    """Counters, histograms and gauges of this server, from its own registry."""
+    m = runtime_of(state).metrics
+    if m is None:
+        raise NotFoundException("metrics are off (MINIVAULT_METRICS=false)")
+    # the text format, or OpenMetrics when the scraper asks for it (Prometheus does)
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(m.registry), headers={"Content-Type": content_type})
+
+
+@get("/", summary="The playground: a page to try prompts and watch tokens stream", sync_to_thread=False,
+     opt={"public": True}, include_in_schema=False, media_type=MediaType.HTML)
+def playground(state: State) -> Response[bytes]:
+    """The one static page (no external assets); it asks for the API key when keys are on."""
+    page = PLAYGROUND.read_bytes()
+    if state.keyring is not None:
+        page = page.replace(b'<body data-keys="off">', b'<body data-keys="on">', 1)
+    return Response(page, media_type=MediaType.HTML, headers=_PAGE_HEADERS)
+
+
+HANDLERS = [health, metrics, playground]

@@ -16,7 +16,6 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from service.api.app import create_app
-
     from service.api.streaming import quiet_uvicorn_about_aborted_streams
 
     for warning in unknown_variables():

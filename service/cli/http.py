@@ -90,8 +90,10 @@ class Client:
             raise ClientError(f"bad server URL {self.url!r}: it must start with http:// or https://", USAGE)
         try:
             # connecting must be quick; a generation may take up to the server's own timeout
+            key = os.environ.get("MINIVAULT_API_KEY", "").strip()  # for a server with MINIVAULT_API_KEYS set
             self._http = httpx.Client(
-                base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0), trust_env=not is_loopback(self.url)
+                base_url=self.url, timeout=httpx.Timeout(timeout, connect=5.0), trust_env=not is_loopback(self.url),
+                headers={"Authorization": f"Bearer {key}"} if key else None,
             )
         except httpx.InvalidURL as exc:
             raise ClientError(f"bad server URL {self.url!r}: {one_line(exc)}", USAGE) from None

@@ -12,7 +12,17 @@ from typing import Annotated, Any, Iterator, Optional
 
 import typer
 
-from service.cli.options import DEFAULT_URL, Text, Timeout, Url, app, fail, opt, reporting, say
+from service.cli.options import (
+    DEFAULT_URL,
+    Text,
+    Timeout,
+    Url,
+    app,
+    fail,
+    opt,
+    reporting,
+    say,
+)
 
 # exit codes as in options.EXIT_TABLE; `logs` never talks HTTP, so it does not import the client (httpx)
 GENERIC, USAGE, INTERRUPTED = 1, 2, 130

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import msgspec
 
@@ -52,8 +52,9 @@ class LogBook:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, fsync: str = "off", buffer: int = 10_000,
-                 mirror: Mirror | None = None) -> None:
+                 mirror: Mirror | None = None, on_failure: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
+        self._on_failure = on_failure  # e.g. the log-write-failures counter
         self.fsync = fsync
         self.buffer = buffer
         self.mirror = mirror
@@ -160,6 +161,8 @@ class LogBook:
                     lines.append(line)
         except OSError as exc:
             self.write_errors += 1
+            if self._on_failure is not None:
+                self._on_failure()
             self._close_fd()
             if not self._failing:
                 self._failing = True

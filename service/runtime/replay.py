@@ -8,7 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.sampling import SamplingParams
-from service.runtime.runtime import ENGINE_NAME, load_engines, load_manifest, model_sha256
+from service.runtime.runtime import (
+    ENGINE_NAME,
+    load_engines,
+    load_manifest,
+    model_sha256,
+)
 
 
 class LocalModel:

@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from service.engine.ctransformers_backend import Engine
 from service.errors import NotReady
 from service.runtime.logbook import LogBook
 from service.runtime.logdb import LogDB
+from service.runtime.metrics import Load, Metrics
 from service.runtime.scheduler import Job, Scheduler
 
 log = logging.getLogger("minivault")
@@ -76,10 +78,14 @@ class Runtime:
         self.manifest: dict[str, Any] | None = None
         self.model_sha256: str | None = None  # the manifest's, else computed once at load
         self.scheduler: Scheduler | None = None
+        self.load_seconds: float | None = None
+        self.metrics: Metrics | None = (
+            Metrics(self.model_name, __version__, "ctransformers", self._load_state) if settings.metrics else None
+        )
         db = settings.log_db_path
         self.logdb = LogDB(db) if db is not None else None
         self.logbook = LogBook(settings.log_file, fsync=settings.log_fsync, buffer=settings.log_buffer,
-                               mirror=self.logdb)
+                               mirror=self.logdb, on_failure=self.metrics.log_failures.inc if self.metrics else None)
         self._libdir = Path(tempfile.mkdtemp(prefix="minivault-lib-"))
         self._loading: asyncio.Task | None = None
 
@@ -94,6 +100,7 @@ class Runtime:
 
     async def _load(self) -> None:
         s = self.settings
+        started = time.monotonic()
         try:
             self.manifest = await asyncio.to_thread(load_manifest, self.model_path)
             self.model_sha256 = await asyncio.to_thread(model_sha256, self.model_path, self.manifest)
@@ -106,6 +113,7 @@ class Runtime:
             return
         self.scheduler = Scheduler(engines, max_queue=s.max_queue, timeout_s=s.timeout_s, on_finish=self.record)
         self.status = "ok"
+        self.load_seconds = time.monotonic() - started
         log.info("model %s loaded: %d worker(s), %d thread(s) each", self.model_name, s.workers,
                  s.threads_per_worker)
 
@@ -171,7 +179,17 @@ class Runtime:
         record["timings"] = job.timings()
         if job.error:
             record["error"] = job.error
+        if job.key_id:
+            record["key_id"] = job.key_id
         self.logbook.write(record)
+        if self.metrics is not None:
+            self.metrics.observe_job(job)
+
+    def _load_state(self) -> Load:
+        """What the load gauges show at scrape time."""
+        s = self.scheduler
+        return Load(self.model_name, self.status == "ok", self.load_seconds,
+                    s.workers if s else 0, s.busy if s else 0, s.queued if s else 0)
 
 
 ENGINE_NAME = "ctransformers"  # the backend that ran the generation, for replay

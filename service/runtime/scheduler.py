@@ -32,8 +32,10 @@ class Job:
     """One admitted request, from admission until its log record is written."""
 
     def __init__(self, endpoint: str, prompt: str, prompt_ids: list[int], params: SamplingParams,
-                 request_id: str | None = None) -> None:
+                 request_id: str | None = None, key_id: str | None = None) -> None:
         self.id = request_id or uuid.uuid4().hex
+        self.key_id = key_id  # which API key made the request (a short hash, never the key)
+        self.cached_tokens = 0  # prompt tokens served from a prefix cache, not evaluated (set by prefix reuse)
         self.endpoint = endpoint
         self.prompt = prompt
         self.prompt_ids = prompt_ids
@@ -143,13 +145,13 @@ class Scheduler:
         return self.engine.tokenizer.decode(ids)
 
     def admit(self, endpoint: str, prompt: str, prompt_ids: list[int], params: SamplingParams,
-              request_id: str | None = None) -> Job:
+              request_id: str | None = None, key_id: str | None = None) -> Job:
         """Validate limits and take the request, or raise at once; the job starts running."""
         self.check_capacity()
         if not prompt_ids:
             raise InvalidRequest("the prompt has no tokens", field="prompt")
         self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
-        job = Job(endpoint, prompt, prompt_ids, params, request_id)
+        job = Job(endpoint, prompt, prompt_ids, params, request_id, key_id)
         self._jobs.add(job)
         job._task = asyncio.get_running_loop().create_task(self._run(job))
         return job

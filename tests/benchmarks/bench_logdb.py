@@ -23,9 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT  # noqa: E402
-
 import httpx  # noqa: E402
+from common import ROOT  # noqa: E402
 
 from service.formats.ggml.tiny import make_tiny_gpt2  # noqa: E402
 from service.runtime import logdb, logquery  # noqa: E402
