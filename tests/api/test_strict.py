@@ -53,7 +53,9 @@ def test_valid_bodies_still_work(server):
     ("GET", "/no/such/route", 404, {}),
     ("GET", "/generate", 405, {}),
     ("DELETE", "/health", 405, {}),
-    ("POST", "/generate", 413, {"content": b'{"prompt": "' + b"a" * 1_100_000 + b'"}'}),
+    ("POST", "/generate", 413, {"content": b'{"prompt": "' + b"a" * 1_100_000 + b'"}',
+                                "headers": {"Content-Type": "application/json"}}),
+    ("POST", "/generate", 415, {"content": b'{"prompt": "a"}', "headers": {"Content-Type": "text/plain"}}),
     ("POST", "/generate", 400, {"content": b"{", "headers": {"Content-Type": "application/json"}}),
     ("GET", "/health", 200, {}),
 ])
