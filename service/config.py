@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_prompts: bool = True
     drain_s: float = 30.0
     retry_after_s: int = 1
+    cache_prompt: bool = True  # prefix reuse (llama-server's cache_prompt); false turns it off for every request
 
     def __post_init__(self) -> None:
         checks = [

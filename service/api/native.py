@@ -51,7 +51,8 @@ async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> J
         max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
         top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
     )
-    return scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request))
+    return scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request),
+                           cache_prompt=data.cache_prompt and runtime.settings.cache_prompt)
 
 
 async def _client_gone(request: Request) -> None:
@@ -85,7 +86,8 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
     t = job.timings()
     return GenerateResponse(
         id=job.id, response=job.text, model=runtime.model_name, finish_reason=job.finish_reason or "error",
-        usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens),
+        usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens,
+                    cached_tokens=job.cached_tokens),
         timings=Timings(**t),
     )
 
