@@ -133,7 +133,7 @@ class Runtime:
         record["params"] = {
             "max_new_tokens": p.max_new_tokens, "temperature": p.temperature, "top_k": p.top_k,
             "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,
-            "seed": gen.sampler.seed if gen else p.seed, "stop": list(p.stop), "cache_prompt": job.cache_prompt,
+            "seed": gen.sampler.seed if gen else p.seed, "stop": list(p.stop),
         }
         record["usage"] = {"prompt_tokens": len(job.prompt_ids), "completion_tokens": job.completion_tokens,
                            "cached_tokens": job.cached_tokens}
