@@ -96,6 +96,7 @@ class Engine:
         self._logits_ptr = self._llm.ctransformers_llm_logits_data
         self._batch_eval = self._llm.ctransformers_llm_batch_eval
         self.sequence: list[int] = []  # KV state held in ctransformers' context (see engine/prefix.py)
+        self.last_prompt = None  # engine.prefix.LastPrompt: the last whole prompt and its logits
 
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
         """Run the model over `tokens` at positions n_past..; releases the GIL while it runs."""

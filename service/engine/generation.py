@@ -7,7 +7,7 @@ import time
 from typing import Iterator
 
 from service.engine.base import Backend
-from service.engine.prefix import held, reusable
+from service.engine.prefix import LastPrompt, held, last_prompt, reusable
 from service.engine.sampling import Sampler, SamplingParams
 from service.engine.textstream import TextStream
 from service.errors import ContextOverflow
@@ -35,9 +35,13 @@ class Generation:
         self.last_token_at: float | None = None
         self.started_at = time.monotonic()
         self.prompt_done_at: float | None = None  # the prompt's logits are ready
+        self._again = last_prompt(engine, prompt_ids) if cache_prompt else None  # the very same prompt
         self.cached_tokens = reusable(held(engine), prompt_ids, PROMPT_BATCH) if cache_prompt else 0
         self.prompt_evaluated = 0  # prompt tokens evaluated so far (past the cached ones)
         self._held = list(prompt_ids[: self.cached_tokens])
+        if self._again is not None:
+            self.cached_tokens = len(prompt_ids)
+            self._held = list(held(engine))  # unchanged: the KV state is kept whole
         self._text = TextStream(tuple(params.stop))
 
     @property
@@ -73,7 +77,9 @@ class Generation:
     def _run(self) -> Iterator[str]:
         eng = self.engine
         self.started_at = time.monotonic()
-        n_past = self.cached_tokens
+        n_past = len(self.prompt_ids) if self._again is not None else len(self._held)
+        if self._again is None:
+            eng.last_prompt = None  # its KV state is about to be overwritten
         for start in range(n_past, len(self.prompt_ids), PROMPT_BATCH):
             if reason := self._interrupted():
                 self.finish_reason = reason
@@ -84,13 +90,18 @@ class Generation:
             self.prompt_evaluated += len(batch)
             if len(batch) == PROMPT_BATCH:  # a whole aligned batch: as a fresh evaluation computes it
                 self._held += batch
+        if self._again is not None:
+            logits = self._again.logits.copy()  # a copy: the sampler may work in place
+        else:
+            logits = eng.logits()
+            eng.last_prompt = LastPrompt(self.prompt_ids, logits.copy())
         self.prompt_done_at = time.monotonic()
         history = list(self.prompt_ids)
         for _ in range(self.params.max_new_tokens):
             if reason := self._interrupted():
                 self.finish_reason = reason
                 break
-            token = self.sampler(eng.logits(), history)
+            token = self.sampler(logits if not self.tokens else eng.logits(), history)
             if token == eng.eos_id:
                 self.finish_reason = "stop"
                 break

@@ -16,6 +16,30 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
+
+class LastPrompt:
+    """An instance's last whole prompt with a copy of its logits: the same prompt again needs no
+    evaluation at all (its KV state is exactly what a fresh evaluation computes: same calls)."""
+
+    def __init__(self, prompt_ids: Sequence[int], logits: np.ndarray) -> None:
+        self.prompt_ids = list(prompt_ids)
+        self.logits = logits
+
+
+def last_prompt(backend: object, prompt_ids: Sequence[int]) -> LastPrompt | None:
+    """The instance's kept prompt and logits if `prompt_ids` is exactly that prompt."""
+    last = getattr(backend, "last_prompt", None)
+    return last if last is not None and last.prompt_ids == list(prompt_ids) else None
+
+
+def served(backend: object, prompt_ids: Sequence[int], batch: int) -> int:
+    """Prompt tokens an instance can serve without evaluating them (for choosing an instance)."""
+    if last_prompt(backend, prompt_ids) is not None:
+        return len(prompt_ids)
+    return reusable(held(backend), prompt_ids, batch)
+
 
 def held(backend: object) -> Sequence[int]:
     """The tokens a backend instance holds KV state for (none if it does not track them)."""

@@ -16,7 +16,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 from service.engine.ctransformers_backend import Engine
 from service.engine.generation import PROMPT_BATCH, Generation
-from service.engine.prefix import held, reusable
+from service.engine.prefix import held, served
 from service.engine.sampling import SamplingParams
 from service.errors import (
     GenerationFailed,
@@ -193,7 +193,7 @@ class Scheduler:
         if self._free and not self._waiting:
             if job.cache_prompt:
                 # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
-                best = max(self._free, key=lambda e: (reusable(held(e), job.prompt_ids, PROMPT_BATCH),
+                best = max(self._free, key=lambda e: (served(e, job.prompt_ids, PROMPT_BATCH),
                                                       -len(held(e))))
             else:
                 best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others

@@ -57,10 +57,22 @@ def test_reuse_gives_the_same_tokens_as_a_full_evaluation(engine, params):
     full, full_text = generate(engine, follow, cache_prompt=False, max_new_tokens=60, **params)
     assert full.cached_tokens == 0 and full.prompt_evaluated == len(follow)
     assert cached.tokens == full.tokens and cached_text == full_text
-    # the same prompt again: its whole batches come from the cache
+    # the same prompt again: nothing is evaluated, the kept logits pick the first token
     again, _ = generate(engine, follow, max_new_tokens=60, **params)
-    assert again.cached_tokens == (len(follow) - 1) // PROMPT_BATCH * PROMPT_BATCH
+    assert again.cached_tokens == len(follow) and again.prompt_evaluated == 0
     assert again.tokens == full.tokens
+
+
+def test_same_prompt_after_another_is_evaluated_again(engine):
+    a = engine.tokenizer.encode("First prompt here. " * 4)
+    b = engine.tokenizer.encode("Second one, other text. " * 4)
+    ref, _ = generate(engine, a, cache_prompt=False, max_new_tokens=20, **SEEDED)
+    generate(engine, b, max_new_tokens=5, **SEEDED)
+    back, _ = generate(engine, a, max_new_tokens=20, **SEEDED)
+    assert back.cached_tokens == 0 and back.prompt_evaluated == len(a)  # b overwrote a's state
+    same, _ = generate(engine, a, max_new_tokens=20, **SEEDED)
+    assert same.cached_tokens == len(a) and same.prompt_evaluated == 0
+    assert ref.tokens == back.tokens == same.tokens
 
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
