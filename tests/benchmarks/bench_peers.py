@@ -253,12 +253,14 @@ def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
 
 
 def table(title: str, rows: dict[str, list[float]], unit: str, higher_better: bool) -> None:
+    """A markdown table of medians; the ratio is MiniVault's median over the peer's (for times,
+    above 1 means MiniVault takes longer)."""
     base = statistics.median(rows["minivault"]) if rows.get("minivault") else None
-    print(f"\n{title}\n| peer | median {unit} | minivault / peer |\n|---|---|---|")
+    better = "higher is better" if higher_better else "lower is better"
+    print(f"\n{title} ({better})\n| peer | median {unit} | minivault / peer |\n|---|---|---|")
     for name, vals in rows.items():
         med = statistics.median(vals)
-        ratio = (base / med if higher_better else med / base) if base else float("nan")
-        print(f"| {name} | {med:.1f} | {ratio:.2f}x |")
+        print(f"| {name} | {med:.1f} | {base / med if base else float('nan'):.2f}x |")
 
 
 def bench_decode(args, model, gguf, tmp, results) -> None:
