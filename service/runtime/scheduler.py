@@ -28,6 +28,7 @@ from service.errors import (
 )
 from service.runtime.pieces import Pieces
 
+
 class Job:
     """One admitted request, from admission until its log record is written."""
 
