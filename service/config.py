@@ -26,7 +26,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    threads: int = 0  # 0: the machine's cores divided among the workers
+    threads: int = 0  # 0: the machine's cores but one, divided among the workers
     max_queue: int = 16
     max_concurrent_requests: int = 256  # in flight at once (health and metrics aside); past it 503 at once
     timeout_s: float = 120.0
@@ -44,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics: bool = True  # false: no /metrics and nothing measured (for benchmarks)
     allowed_hosts: str = ""  # comma-separated Host values accepted besides loopback and the listen address
     cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty: CORS off
+    cache_prompt: bool = True  # prefix reuse (llama-server's cache_prompt); false turns it off for every request
 
     def __post_init__(self) -> None:
         checks = [
@@ -77,10 +78,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     @property
     def threads_per_worker(self) -> int:
-        """Threads each model instance uses: the setting, or the cores shared among workers."""
+        """Threads each model instance uses: the setting, or all cores but one shared among workers."""
         if self.threads:
             return self.threads
-        return max(1, available_cores() // self.workers)
+        # one core left for the event loop and anything else: ggml's threads spin-wait for each
+        # other, so one that loses its core stalls them all (README, Performance: threads)
+        return max(1, (available_cores() - 1) // self.workers)
 
     @classmethod
     def from_env(

@@ -14,11 +14,16 @@ def test_defaults_and_env_are_read():
     assert s.models_dir == "./models" and s.log_file == "./logs/log.jsonl" and s.max_queue == 16
 
 
-def test_threads_default_to_cores_shared_among_workers(monkeypatch):
+def test_threads_default_to_cores_but_one_shared_among_workers(monkeypatch):
     monkeypatch.setattr("service.config.available_cores", lambda: 8)
-    assert Settings(workers=2).threads_per_worker == 4
+    assert Settings().threads_per_worker == 7
+    assert Settings(workers=2).threads_per_worker == 3
     assert Settings(workers=16).threads_per_worker == 1
     assert Settings(workers=2, threads=3).threads_per_worker == 3
+    monkeypatch.setattr("service.config.available_cores", lambda: 2)
+    assert Settings().threads_per_worker == 1
+    monkeypatch.setattr("service.config.available_cores", lambda: 1)
+    assert Settings().threads_per_worker == 1
 
 
 @pytest.mark.parametrize(

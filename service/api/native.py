@@ -55,7 +55,7 @@ async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> J
     )
     state = request.scope["state"]
     job = scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request),
-                          key_id=state.get("key_id"))
+                          key_id=state.get("key_id"), cache_prompt=data.cache_prompt and runtime.settings.cache_prompt)
     state["job"] = job.id  # the job is counted in the metrics when it ends, not by the middleware
     return job
 
@@ -94,7 +94,8 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
     t = job.timings()
     return GenerateResponse(
         id=job.id, response=job.text, model=runtime.model_name, finish_reason=job.finish_reason or "error",
-        usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens),
+        usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens,
+                    cached_tokens=job.cached_tokens),
         timings=Timings(**t),
     )
 

@@ -25,6 +25,10 @@ StopList = Annotated[
     list[StopString], Meta(max_length=4, description="Up to 4 strings that end generation; not returned.")
 ]
 TokenId = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+CachePrompt = Annotated[
+    bool, Meta(description="Reuse the KV state of a prompt prefix the model instance already holds "
+                           "(same results, faster first token); false evaluates the whole prompt.")
+]
 
 FinishReason = Literal["stop", "length", "timeout", "cancelled", "error"]
 
@@ -44,18 +48,23 @@ class GenerateRequest(Base):
     repetition_penalty: RepetitionPenalty = 1.1
     seed: Seed | None = None
     stop: StopList = msgspec.field(default_factory=list)
+    cache_prompt: CachePrompt = True
 
 
 class Usage(Base):
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens served from the instance's KV state, not evaluated
 
 
 class Timings(Base):
     queue_ms: float
     first_token_ms: float | None
     total_ms: float
-    tokens_per_second: float
+    tokens_per_second: float  # decode only: completion tokens over decode_ms
+    prompt_ms: float | None = None  # evaluating the prompt (its uncached part), until its logits
+    prompt_tokens_per_second: float | None = None  # evaluated prompt tokens over prompt_ms
+    decode_ms: float = 0.0  # from the prompt's logits to the last token
 
 
 class GenerateResponse(Base):

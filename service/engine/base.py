@@ -33,6 +33,12 @@ class Backend(Protocol):
     vocab_size: int
     eos_id: int
     tokenizer: Tokenizer
+    # The tokens whose KV state the instance holds at positions 0..len-1, from its last
+    # generation (generation.py keeps it up to date; start it empty). Prefix reuse reads it.
+    sequence: list[int]
+    # The last whole prompt and a copy of its logits (engine.prefix.LastPrompt, or None): the same
+    # prompt again is served without any evaluation.
+    last_prompt: object | None
 
     def eval(self, tokens: Sequence[int], n_past: int) -> None: ...
     def logits(self) -> np.ndarray: ...

@@ -95,6 +95,8 @@ class Engine:
         self.eos_id = eos if eos is not None else self._llm.eos_token_id
         self._logits_ptr = self._llm.ctransformers_llm_logits_data
         self._batch_eval = self._llm.ctransformers_llm_batch_eval
+        self.sequence: list[int] = []  # KV state held in ctransformers' context (see engine/prefix.py)
+        self.last_prompt = None  # engine.prefix.LastPrompt: the last whole prompt and its logits
 
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
         """Run the model over `tokens` at positions n_past..; releases the GIL while it runs."""
@@ -111,9 +113,11 @@ class Engine:
         check_fits(self.context_length, prompt_tokens, max_new_tokens)
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, *,
-                 cancel: threading.Event | None = None, deadline: float | None = None) -> Generation:
+                 cancel: threading.Event | None = None, deadline: float | None = None,
+                 cache_prompt: bool = True) -> Generation:
         """A generation to iterate (in a worker thread) for text pieces as tokens are sampled."""
-        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline)
+        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline,
+                                cache_prompt=cache_prompt)
 
     def close(self) -> None:
         """Free the model."""

@@ -7,18 +7,22 @@ import time
 from typing import Iterator
 
 from service.engine.base import Backend
+from service.engine.prefix import LastPrompt, held, last_prompt, reusable
 from service.engine.sampling import Sampler, SamplingParams
 from service.engine.textstream import TextStream
 from service.errors import ContextOverflow
 
-PROMPT_BATCH = 32  # prompt tokens evaluated per call: fast, and cancellation is checked between batches
+# Prompt tokens evaluated per call; cancellation is checked between batches. The wheel's library
+# aborts the process above a limit that depends on the model's shape and the context filled so
+# far (tests/benchmarks/probe_prompt_batch.py finds it): 32 is the measured choice, see the README.
+PROMPT_BATCH = 32
 
 
 class Generation:
     """One running generation: iterate it for text pieces; then read why it ended."""
 
     def __init__(self, engine: Backend, prompt_ids: list[int], params: SamplingParams,
-                 cancel: threading.Event | None, deadline: float | None) -> None:
+                 cancel: threading.Event | None, deadline: float | None, cache_prompt: bool = True) -> None:
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.params = params
@@ -28,7 +32,16 @@ class Generation:
         self.tokens: list[int] = []
         self.finish_reason: str | None = None
         self.first_token_at: float | None = None
+        self.last_token_at: float | None = None
         self.started_at = time.monotonic()
+        self.prompt_done_at: float | None = None  # the prompt's logits are ready
+        self._again = last_prompt(engine, prompt_ids) if cache_prompt else None  # the very same prompt
+        self.cached_tokens = reusable(held(engine), prompt_ids, PROMPT_BATCH) if cache_prompt else 0
+        self.prompt_evaluated = 0  # prompt tokens evaluated so far (past the cached ones)
+        self._held = list(prompt_ids[: self.cached_tokens])
+        if self._again is not None:
+            self.cached_tokens = len(prompt_ids)
+            self._held = list(held(engine))  # unchanged: the KV state is kept whole
         self._text = TextStream(tuple(params.stop))
 
     @property
@@ -43,29 +56,60 @@ class Generation:
             return "timeout"
         return None
 
+    def timings(self) -> dict[str, float | None]:
+        """prompt_ms, prompt_tokens_per_second (evaluated tokens only), decode_ms, decode tokens/s."""
+        prompt_s = (self.prompt_done_at - self.started_at) if self.prompt_done_at else None
+        end = self.last_token_at or self.prompt_done_at
+        decode_s = (end - self.prompt_done_at) if self.prompt_done_at and end else 0.0
+        return {
+            "prompt_ms": round(prompt_s * 1000, 3) if prompt_s is not None else None,
+            "prompt_tokens_per_second": round(self.prompt_evaluated / prompt_s, 3) if prompt_s else None,
+            "decode_ms": round(decode_s * 1000, 3),
+            "decode_tokens_per_second": round(len(self.tokens) / decode_s, 3) if decode_s > 0 else 0.0,
+        }
+
     def __iter__(self) -> Iterator[str]:
+        try:
+            yield from self._run()
+        finally:
+            self.engine.sequence = self._held  # what the next request may reuse (see engine/prefix.py)
+
+    def _run(self) -> Iterator[str]:
         eng = self.engine
-        n_past = 0
-        for start in range(0, len(self.prompt_ids), PROMPT_BATCH):
+        self.started_at = time.monotonic()
+        n_past = len(self.prompt_ids) if self._again is not None else len(self._held)
+        if self._again is None:
+            eng.last_prompt = None  # its KV state is about to be overwritten
+        for start in range(n_past, len(self.prompt_ids), PROMPT_BATCH):
             if reason := self._interrupted():
                 self.finish_reason = reason
                 return
             batch = self.prompt_ids[start : start + PROMPT_BATCH]
             eng.eval(batch, n_past)
             n_past += len(batch)
+            self.prompt_evaluated += len(batch)
+            if len(batch) == PROMPT_BATCH:  # a whole aligned batch: as a fresh evaluation computes it
+                self._held += batch
+        if self._again is not None:
+            logits = self._again.logits.copy()  # a copy: the sampler may work in place
+        else:
+            logits = eng.logits()
+            eng.last_prompt = LastPrompt(self.prompt_ids, logits.copy())
+        self.prompt_done_at = time.monotonic()
         history = list(self.prompt_ids)
         for _ in range(self.params.max_new_tokens):
             if reason := self._interrupted():
                 self.finish_reason = reason
                 break
-            token = self.sampler(eng.logits(), history)
+            token = self.sampler(logits if not self.tokens else eng.logits(), history)
             if token == eng.eos_id:
                 self.finish_reason = "stop"
                 break
             self.tokens.append(token)
             history.append(token)
+            self.last_token_at = time.monotonic()
             if self.first_token_at is None:
-                self.first_token_at = time.monotonic()
+                self.first_token_at = self.last_token_at
             piece = self._text.feed(eng.tokenizer.token_bytes(token))
             if piece:
                 yield piece
@@ -95,9 +139,11 @@ def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> 
 
 
 def start_generation(backend: Backend, prompt_ids: list[int], params: SamplingParams, *,
-                     cancel: threading.Event | None = None, deadline: float | None = None) -> Generation:
-    """Check the limits and return a generation to iterate (in a worker thread)."""
+                     cancel: threading.Event | None = None, deadline: float | None = None,
+                     cache_prompt: bool = True) -> Generation:
+    """Check the limits and return a generation to iterate (in a worker thread); with
+    cache_prompt, the prefix the instance already holds is not evaluated again."""
     if not prompt_ids:
         raise ContextOverflow("the prompt has no tokens", field="prompt")
     check_fits(backend.context_length, len(prompt_ids), params.max_new_tokens)
-    return Generation(backend, prompt_ids, params, cancel, deadline)
+    return Generation(backend, prompt_ids, params, cancel, deadline, cache_prompt)

@@ -175,7 +175,8 @@ class Runtime:
             "top_p": p.top_p, "repetition_penalty": p.repetition_penalty,
             "seed": gen.sampler.seed if gen else p.seed, "stop": list(p.stop),
         }
-        record["usage"] = {"prompt_tokens": len(job.prompt_ids), "completion_tokens": job.completion_tokens}
+        record["usage"] = {"prompt_tokens": len(job.prompt_ids), "completion_tokens": job.completion_tokens,
+                           "cached_tokens": job.cached_tokens}
         record["timings"] = job.timings()
         if job.error:
             record["error"] = job.error

@@ -7,6 +7,7 @@ every admitted job ends in exactly one call of `on_finish`, whatever happens to 
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 import time
 import uuid
@@ -14,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
 from service.engine.ctransformers_backend import Engine
-from service.engine.generation import Generation
+from service.engine.generation import PROMPT_BATCH, Generation
+from service.engine.prefix import held, served
 from service.engine.sampling import SamplingParams
 from service.errors import (
     GenerationFailed,
@@ -24,22 +26,21 @@ from service.errors import (
     ShuttingDown,
     UnknownToken,
 )
-
-_END = object()
+from service.runtime.pieces import Pieces
 
 
 class Job:
     """One admitted request, from admission until its log record is written."""
 
     def __init__(self, endpoint: str, prompt: str, prompt_ids: list[int], params: SamplingParams,
-                 request_id: str | None = None, key_id: str | None = None) -> None:
+                 request_id: str | None = None, key_id: str | None = None, cache_prompt: bool = True) -> None:
         self.id = request_id or uuid.uuid4().hex
         self.key_id = key_id  # which API key made the request (a short hash, never the key)
-        self.cached_tokens = 0  # prompt tokens served from a prefix cache, not evaluated (set by prefix reuse)
         self.endpoint = endpoint
         self.prompt = prompt
         self.prompt_ids = prompt_ids
         self.params = params
+        self.cache_prompt = cache_prompt
         self.cancel = threading.Event()
         self.admitted_at = time.monotonic()
         self.started_at: float | None = None
@@ -48,7 +49,7 @@ class Job:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.shut_down = False  # cancelled because the drain's grace period ran out
-        self.pieces: asyncio.Queue = asyncio.Queue()
+        self.pieces = Pieces()
         self.done = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -61,6 +62,11 @@ class Job:
         return len(self.generation.tokens) if self.generation else 0
 
     @property
+    def cached_tokens(self) -> int:
+        """Prompt tokens served from the instance's KV state instead of evaluated (prefix reuse)."""
+        return self.generation.cached_tokens if self.generation else 0
+
+    @property
     def status(self) -> str:
         """ok, cancelled, timeout or error: how the request ended."""
         if self.error is not None:
@@ -68,16 +74,22 @@ class Job:
         return {"cancelled": "cancelled", "timeout": "timeout"}.get(self.finish_reason or "", "ok")
 
     def timings(self) -> dict[str, float | None]:
-        """queue_ms, first_token_ms (from admission), total_ms, tokens_per_second (of generation)."""
+        """queue_ms, first_token_ms (from admission), total_ms; prompt_ms and prompt_tokens_per_second
+        (evaluated prompt tokens, cached ones excluded); decode_ms and tokens_per_second (decode only,
+        from the prompt's logits to the last token, as llama-server's predicted_per_second)."""
         end = self.ended_at or time.monotonic()
         start = self.started_at or end
-        first = self.generation.first_token_at if self.generation else None
-        gen_s = end - start
+        gen = self.generation
+        first = gen.first_token_at if gen else None
+        split = gen.timings() if gen else {"prompt_ms": None, "prompt_tokens_per_second": None, "decode_ms": 0.0}
         return {
             "queue_ms": round((start - self.admitted_at) * 1000, 3),
             "first_token_ms": round((first - self.admitted_at) * 1000, 3) if first else None,
             "total_ms": round((end - self.admitted_at) * 1000, 3),
-            "tokens_per_second": round(self.completion_tokens / gen_s, 3) if gen_s > 0 else 0.0,
+            "tokens_per_second": split.get("decode_tokens_per_second", 0.0),
+            "prompt_ms": split["prompt_ms"],
+            "prompt_tokens_per_second": split["prompt_tokens_per_second"],
+            "decode_ms": split["decode_ms"],
         }
 
     def abort(self) -> None:
@@ -93,9 +105,8 @@ class Scheduler:
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, timeout_s: float,
                  on_finish: Callable[[Job], None]) -> None:
         self._engines = list(engines)
-        self._free: asyncio.Queue[Engine] = asyncio.Queue()
-        for engine in self._engines:
-            self._free.put_nowait(engine)
+        self._free: list[Engine] = list(self._engines)
+        self._waiting: collections.deque[asyncio.Future[Engine]] = collections.deque()  # first come, first served
         self._executor = ThreadPoolExecutor(len(self._engines), thread_name_prefix="minivault-gen")
         self.max_queue = max_queue
         self.timeout_s = timeout_s
@@ -145,13 +156,13 @@ class Scheduler:
         return self.engine.tokenizer.decode(ids)
 
     def admit(self, endpoint: str, prompt: str, prompt_ids: list[int], params: SamplingParams,
-              request_id: str | None = None, key_id: str | None = None) -> Job:
+              request_id: str | None = None, key_id: str | None = None, cache_prompt: bool = True) -> Job:
         """Validate limits and take the request, or raise at once; the job starts running."""
         self.check_capacity()
         if not prompt_ids:
             raise InvalidRequest("the prompt has no tokens", field="prompt")
         self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
-        job = Job(endpoint, prompt, prompt_ids, params, request_id, key_id)
+        job = Job(endpoint, prompt, prompt_ids, params, request_id, key_id, cache_prompt)
         self._jobs.add(job)
         job._task = asyncio.get_running_loop().create_task(self._run(job))
         return job
@@ -159,11 +170,8 @@ class Scheduler:
     async def pieces(self, job: Job) -> AsyncIterator[str]:
         """Text pieces of a job as they are produced; aborts the job if the consumer stops."""
         try:
-            while True:
-                item = await job.pieces.get()
-                if item is _END:
-                    return
-                yield item
+            while (chunk := await job.pieces.get()) is not None:
+                yield chunk
         finally:
             if not job.done.is_set():
                 job.abort()
@@ -189,16 +197,47 @@ class Scheduler:
             engine.close()
 
     # --- running ---------------------------------------------------------------------------
+    async def _acquire(self, job: Job) -> Engine:
+        """A free engine, the one holding the longest prefix of the job's prompt; else wait in line."""
+        if self._free and not self._waiting:
+            if job.cache_prompt:
+                # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
+                best = max(self._free, key=lambda e: (served(e, job.prompt_ids, PROMPT_BATCH),
+                                                      -len(held(e))))
+            else:
+                best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others
+            self._free.remove(best)
+            return best
+        waiter: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release(waiter.result())  # handed an engine just as the job left the queue
+            else:
+                self._waiting.remove(waiter)
+            raise
+
+    def _release(self, engine: Engine) -> None:
+        """Give an engine to the first job waiting, or back to the free set."""
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(engine)
+                return
+        self._free.append(engine)
+
     async def _run(self, job: Job) -> None:
         engine: Engine | None = None
         try:
-            engine = await self._free.get()
+            engine = await self._acquire(job)
             job.started_at = time.monotonic()
             if job.cancel.is_set():
                 job.finish_reason = "cancelled"
                 return
             gen = engine.generate(job.prompt_ids, job.params, cancel=job.cancel,
-                                  deadline=job.started_at + self.timeout_s)
+                                  deadline=job.started_at + self.timeout_s, cache_prompt=job.cache_prompt)
             job.generation = gen
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self._pump, gen, job.pieces, loop)
@@ -212,18 +251,18 @@ class Scheduler:
         finally:
             job.ended_at = time.monotonic()
             if engine is not None:
-                self._free.put_nowait(engine)
-            job.pieces.put_nowait(_END)
+                self._release(engine)
+            job.pieces.close()
             self._jobs.discard(job)
             job.done.set()
             self._on_finish(job)
 
     @staticmethod
-    def _pump(gen: Generation, out: asyncio.Queue, loop: asyncio.AbstractEventLoop) -> None:
-        """Worker thread: pull tokens from the blocking generator and hand each to the loop."""
+    def _pump(gen: Generation, out: Pieces, loop: asyncio.AbstractEventLoop) -> None:
+        """Worker thread: pull tokens from the blocking generator and hand them to the loop."""
         try:
             for piece in gen:
-                loop.call_soon_threadsafe(out.put_nowait, piece)
+                out.put(piece, loop)
         except ServiceError:
             raise
         except Exception as exc:

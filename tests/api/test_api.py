@@ -37,7 +37,8 @@ def test_minimal_request_gets_full_response_and_one_log_record(client):
     assert body["finish_reason"] in ("stop", "length")
     assert body["usage"]["prompt_tokens"] == len(client.post("/tokenize", json={"text": "Hello there!"}).json()["tokens"])
     assert 0 < body["usage"]["completion_tokens"] <= 128
-    assert set(body["timings"]) == {"queue_ms", "first_token_ms", "total_ms", "tokens_per_second"}
+    assert set(body["timings"]) == {"queue_ms", "first_token_ms", "total_ms", "tokens_per_second",
+                                    "prompt_ms", "prompt_tokens_per_second", "decode_ms"}
     assert r.headers["x-request-id"] == body["id"]
     client.__exit__(None, None, None)  # flush the log
     (record,) = [x for x in read_log(Path(client.log_file)) if x["endpoint"] == "/generate"]

@@ -1,0 +1,353 @@
+"""MiniVault against its peers on the same GPT-2-small-shaped weights, in paired rounds.
+
+The random weights are written once as GGML by the project's writer and copied byte for byte
+into a GGUF for llama.cpp (tests/benchmarks/gguf_copy.py, with the `gguf` package). Peers, each
+skipped with a printed reason when it is not there:
+
+- minivault: `POST /generate/stream` of a live server (tests' LiveServer), plain-text chunks
+- ctransformers: its own `LLM.generate` loop in-process (sampling in C), same file and threads
+- llama-server: llama.cpp's server over HTTP (`POST /completion`, stream), --llama-server PATH
+  (default ../shared/tools/llama-server/llama-server; how to build it: its README there, or
+  `pip download --no-deps --no-binary :all: llama-cpp-python`, then CMake target llama-server)
+- llama-cpp-python: llama.cpp in-process, if `import llama_cpp` works
+- transformers: PyTorch fp32 (the seed's approach), if `import torch, transformers` works
+
+Measures: decode tok/s at 1 and 2 threads (one stream); time to first token for 32-, 256- and
+1000-token prompts, cold (prefix reuse off) and on a prefix hit (the same prompt again, reuse
+on); aggregate decode tok/s at 1, 2 and 4 concurrent streams. Each round runs every peer once,
+back to back, so machine noise hits all alike; tables give medians and ratios to MiniVault.
+
+    .venv/bin/python tests/benchmarks/bench_peers.py [--rounds 5] [--tokens 128] [--only decode,ttft,streams]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, gpt2_small, start_server  # noqa: E402
+from gguf_copy import ggml_to_gguf  # noqa: E402
+
+from tests.support.server import free_port  # noqa: E402
+
+DEFAULT_LLAMA_SERVER = ROOT.parent.parent / "shared" / "tools" / "llama-server" / "llama-server"
+SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.1}
+
+
+def prompt_of(n: int) -> tuple[str, list[int]]:
+    """A prompt of exactly n tokens in the byte vocabulary: lowercase letters, one token each."""
+    text = "".join(chr(ord("a") + (i * 7) % 26) for i in range(n))
+    return text, [ord(c) for c in text]
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- peers: each returns (ttft_s, decode_tok_s) for one request ---------------------------------
+class MiniVault:
+    name = "minivault"
+
+    def __init__(self, model: Path, tmp: Path, threads: int, workers: int = 1) -> None:
+        self.server = start_server(model, tmp / f"log-{threads}-{workers}.jsonl", workers=workers, threads=threads)
+        self.client = httpx.Client(base_url=self.server.url, timeout=600)
+
+    def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
+        body = {"prompt": text, "max_new_tokens": tokens, "seed": 1, "cache_prompt": cache} | SAMPLING
+        t0 = time.perf_counter()
+        stamps = []
+        with self.client.stream("POST", "/generate/stream", json=body) as r:
+            r.raise_for_status()
+            for _ in r.iter_raw():
+                stamps.append(time.perf_counter())
+        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])  # chunks may coalesce: ends bound it
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+class CTransformers:
+    name = "ctransformers"
+
+    def __init__(self, model: Path, tmp: Path, threads: int) -> None:
+        from ctransformers.llm import LLM, Config
+
+        from service.engine.ctransformers_backend import _private_library
+
+        self.llm = LLM(str(model), "gpt2", config=Config(threads=threads), lib=_private_library(tmp, 900 + threads))
+
+    def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        stamps = []
+        for _ in self.llm.generate(ids, seed=1, reset=True, top_k=40, top_p=0.95, temperature=0.8,
+                                   repetition_penalty=1.1, batch_size=32):
+            stamps.append(time.perf_counter())
+            if len(stamps) == tokens:
+                break
+        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])
+
+    def close(self) -> None:
+        self.llm.ctransformers_llm_delete()
+        self.llm._llm = None
+
+
+# CPU variants llama-server must not pick: this VM reports AMX, but AMX code dies with SIGILL here
+SKIP_CPU_VARIANTS = ("libggml-cpu-sapphirerapids.so",)
+
+
+def llama_server_copy(path: Path, cache: Path) -> Path:
+    """A runnable copy of a llama-server directory: symlinks that were flattened into small text
+    files naming their target (as a plain copy or an upload does) become symlinks again."""
+    dst = cache / "llama-server"
+    if not dst.exists():
+        dst.mkdir(parents=True)
+        for f in path.parent.iterdir():
+            if f.name in SKIP_CPU_VARIANTS and not os.environ.get("BENCH_ALL_CPU_VARIANTS"):
+                continue
+            if ".so" in f.name and f.stat().st_size < 100 and (path.parent / f.read_text().strip()).is_file():
+                (dst / f.name).symlink_to(f.read_text().strip())
+            else:
+                shutil.copy2(f, dst / f.name)
+    return dst / path.name
+
+
+class LlamaServer:
+    name = "llama-server"
+
+    def __init__(self, binary: Path, gguf: Path, threads: int, parallel: int = 1) -> None:
+        self.port = free_port()
+        self.log = open(gguf.parent / f"llama-server-{self.port}.log", "w")
+        self.proc = subprocess.Popen(
+            [str(binary), "-m", str(gguf), "-t", str(threads), "-tb", str(threads), "-np", str(parallel),
+             "-c", str(1024 * parallel), "--host", "127.0.0.1", "--port", str(self.port), "--no-webui"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=binary.parent)
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=600)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if self.client.get("/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.close()
+        raise RuntimeError("llama-server did not become healthy in 300 s")
+
+    def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
+        body = {"prompt": ids, "n_predict": tokens, "ignore_eos": True, "stream": True, "cache_prompt": cache,
+                "seed": 1, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.0, "repeat_penalty": 1.1}
+        t0 = time.perf_counter()
+        stamps = []
+        with self.client.stream("POST", "/completion", json=body) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if line.startswith("data: ") and '"content"' in line and '"stop":true' not in line:
+                    stamps.append(time.perf_counter())
+        return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+
+    def close(self) -> None:
+        self.client.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+class LlamaCppPython:
+    name = "llama-cpp-python"
+
+    def __init__(self, gguf: Path, threads: int) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_threads=threads, n_threads_batch=threads, verbose=False)
+
+    def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
+        self.llm.reset()
+        t0 = time.perf_counter()
+        stamps = []
+        for _ in self.llm.generate(ids, top_k=40, top_p=0.95, temp=0.8, repeat_penalty=1.1, reset=True):
+            stamps.append(time.perf_counter())
+            if len(stamps) == tokens:
+                break
+        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class Transformers:
+    name = "transformers"
+
+    def __init__(self, model: Path, threads: int) -> None:
+        import numpy as np
+        import torch
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        from service.formats.ggml.format import read_gpt2, read_tensor
+
+        torch.set_num_threads(threads)
+        g = read_gpt2(model)
+        hp = g.hparams
+        cfg = GPT2Config(vocab_size=hp.n_vocab, n_positions=hp.n_ctx, n_embd=hp.n_embd, n_layer=hp.n_layer,
+                         n_head=hp.n_head)
+        self.torch, self.model = torch, GPT2LMHeadModel(cfg).eval()
+        state = {}
+        for name, info in g.tensors.items():  # the same (dequantised) weights; Conv1D stores (in, out)
+            w = torch.from_numpy(np.ascontiguousarray(read_tensor(model, info)))
+            hf = name.replace("model/", "transformer.").replace("/", ".").replace("transformer.h", "transformer.h.")
+            hf = hf.replace(".g", ".weight").replace(".b", ".bias").replace(".w", ".weight")
+            hf = {"transformer.wte": "transformer.wte.weight", "transformer.wpe": "transformer.wpe.weight",
+                  "transformer.lm_head": "lm_head.weight"}.get(hf, hf)
+            state[hf] = w.T.contiguous() if hf.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else w
+        self.model.load_state_dict(state, strict=False)
+
+    def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
+        torch = self.torch
+        stamps = []
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model(torch.tensor([ids]), use_cache=True)
+            past = out.past_key_values
+            for _ in range(tokens):
+                nxt = torch.multinomial(torch.softmax(out.logits[0, -1] / 0.8, -1), 1)
+                stamps.append(time.perf_counter())
+                out = self.model(nxt.view(1, 1), past_key_values=past, use_cache=True)
+                past = out.past_key_values
+        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])
+
+    def close(self) -> None:
+        pass
+
+
+def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
+    """Every peer that can run here, at `threads`; prints why each missing one is skipped."""
+    peers: list = [MiniVault(model, tmp, threads), CTransformers(model, tmp, threads)]
+    binary = Path(args.llama_server)
+    if binary.is_file():
+        peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, threads))
+    else:
+        say(f"skip llama-server: no binary at {binary} (--llama-server PATH; build: see this script's docstring)")
+    for cls, needs in ((LlamaCppPython, "llama_cpp"), (Transformers, "torch, transformers")):
+        try:
+            peers.append(cls(gguf, threads) if cls is LlamaCppPython else cls(model, threads))
+        except ImportError as exc:
+            say(f"skip {cls.name}: cannot import {needs} ({exc})")
+    return peers
+
+
+def table(title: str, rows: dict[str, list[float]], unit: str, higher_better: bool) -> None:
+    """A markdown table of medians; the ratio is MiniVault's median over the peer's (for times,
+    above 1 means MiniVault takes longer)."""
+    base = statistics.median(rows["minivault"]) if rows.get("minivault") else None
+    better = "higher is better" if higher_better else "lower is better"
+    print(f"\n{title} ({better})\n| peer | median {unit} | minivault / peer |\n|---|---|---|")
+    for name, vals in rows.items():
+        med = statistics.median(vals)
+        print(f"| {name} | {med:.1f} | {base / med if base else float('nan'):.2f}x |")
+
+
+def bench_decode(args, model, gguf, tmp, results) -> None:
+    text, ids = prompt_of(8)
+    for threads in (1, 2):
+        peers = make_peers(args, model, gguf, tmp, threads)
+        try:
+            for p in peers:
+                p.run(text, ids, 8)  # warm up
+            rows: dict[str, list[float]] = {p.name: [] for p in peers}
+            for n in range(args.rounds):
+                for p in peers:
+                    rows[p.name].append(p.run(text, ids, args.tokens)[1])
+                say(f"decode {threads}t round {n + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rows.items()))
+        finally:
+            for p in peers:
+                p.close()
+        results[f"decode_{threads}t"] = rows
+        table(f"decode tok/s, {threads} thread(s), one stream, {args.tokens} tokens", rows, "tok/s", True)
+
+
+def bench_ttft(args, model, gguf, tmp, results) -> None:
+    peers = [p for p in make_peers(args, model, gguf, tmp, args.threads) if p.name in ("minivault", "llama-server")]
+    try:
+        for n_prompt in (32, 256, 1000):
+            text, ids = prompt_of(n_prompt)
+            rows: dict[str, list[float]] = {}
+            for n in range(args.rounds):
+                for p in peers:
+                    rows.setdefault(p.name, []).append(p.run(text, ids, 2, cache=False)[0] * 1000)
+                    p.run(text, ids, 2, cache=True)  # fill the cache
+                    rows.setdefault(p.name + " (prefix hit)", []).append(p.run(text, ids, 2, cache=True)[0] * 1000)
+                say(f"ttft {n_prompt} round {n + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows.items()))
+            results[f"ttft_{n_prompt}"] = rows
+            table(f"time to first token, {n_prompt}-token prompt, {args.threads} threads", rows, "ms", False)
+    finally:
+        for p in peers:
+            p.close()
+
+
+def bench_streams(args, model, gguf, tmp, results) -> None:
+    text, ids = prompt_of(8)
+    for streams in (1, 2, 4):
+        peers = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))]
+        binary = Path(args.llama_server)
+        if binary.is_file():
+            peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, args.threads, parallel=streams))
+        rows: dict[str, list[float]] = {p.name: [] for p in peers}
+        try:
+            for _ in range(args.rounds):
+                for p in peers:
+                    t0 = time.perf_counter()
+                    workers = [threading.Thread(target=p.run, args=(text, ids, args.tokens)) for _ in range(streams)]
+                    for w in workers:
+                        w.start()
+                    for w in workers:
+                        w.join()
+                    rows[p.name].append(streams * args.tokens / (time.perf_counter() - t0))
+        finally:
+            for p in peers:
+                p.close()
+        results[f"streams_{streams}"] = rows
+        table(f"aggregate tok/s, {streams} concurrent stream(s) (minivault: {min(streams, 2)} worker(s) x 1 thread; "
+              f"llama-server: -np {streams} -t {args.threads})", rows, "tok/s", True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2, help="threads for the TTFT runs")
+    ap.add_argument("--quant", default="q4_0")
+    ap.add_argument("--only", default="decode,ttft,streams")
+    ap.add_argument("--llama-server", default=str(DEFAULT_LLAMA_SERVER))
+    ap.add_argument("--json", help="also write the raw figures to this file")
+    args = ap.parse_args()
+    say(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (figures are noisy when it is busy)")
+    results: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        model = gpt2_small(tmp / "model.bin", args.quant)
+        gguf = ggml_to_gguf(model, tmp / "model.gguf")
+        for part in args.only.split(","):
+            {"decode": bench_decode, "ttft": bench_ttft, "streams": bench_streams}[part](args, model, gguf, tmp, results)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
