@@ -15,7 +15,7 @@ import typer
 from service.cli.options import Text, app, fail, opt, reporting, say
 from service.errors import one_line
 
-Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k", "q4_k", "q3_k", "q2_k"]
 ModelsDir = Annotated[Path, opt("The models dir.", envvar="MINIVAULT_MODELS_DIR")]
 
 REPO_HELP = "Hugging Face repo id: a GPT-2 checkpoint or a GGML gpt2 repo."
