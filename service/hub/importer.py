@@ -87,7 +87,7 @@ def import_model(
         if kind == "gguf":
             say(f"Converting GGUF {src} to GGML")
             manifest = convert_gguf(src, work, name=name)
-            _report_gguf(manifest, say)
+            report_gguf(manifest, say)
         elif kind == "checkpoint":
             say(f"Converting the GPT-2 checkpoint {src} to GGML {quant}")
             manifest = convert.convert_checkpoint(src, work, quant, name=name)
@@ -104,7 +104,7 @@ def import_model(
     return model
 
 
-def _report_gguf(manifest: Manifest, say: Callable[[str], None]) -> None:
+def report_gguf(manifest: Manifest, say: Callable[[str], None]) -> None:
     """Say which types the GGUF held and which tensors had to be requantised."""
     held = ", ".join(f"{n} {t}" for t, n in (manifest.source_types or {}).items())
     say(f"{manifest.source_file}: GPT-2, {manifest.hparams.n_layer} layers, n_embd {manifest.hparams.n_embd}; "
