@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from service.config import NO_HUB_ROUTES
 from service.errors import one_line
 from service.fileio import install, write_atomic
 from service.formats import convert
@@ -150,7 +151,7 @@ def _resolve(hub: Hub, repo_id: str, revision: str | None, *, keep_if_unreachabl
         listing = cached_listing(hub, repo_id, revision, note=str(why))
         if listing is None:
             raise HubError(f"{why}, and {repo_id}@{revision or 'main'} is not in the local cache "
-                           f"({hub.cache_dir})") from None
+                           f"({hub.cache_dir}); {NO_HUB_ROUTES}") from None
         if not hub.offline:
             say(f"{why}; using the local cache")
         return listing

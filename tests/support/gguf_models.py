@@ -64,6 +64,9 @@ def encode(array: np.ndarray, kind: str) -> tuple[np.ndarray, object]:
         return array.astype(np.float32), None
     if kind == "f16":
         return array.astype(np.float16), None
+    if kind.startswith("iq"):  # gguf-py cannot write i-quants: zero blocks of the right size (for refusals)
+        per, size = gguf.GGML_QUANT_SIZES[qtype]
+        return np.zeros((array.shape[0], array.shape[1] // per * size), np.uint8), qtype
     if kind in kquant.TYPES:
         data = np.frombuffer(kquant.quantize(array, kind), np.uint8)
         return data.reshape(array.shape[0], -1), qtype
