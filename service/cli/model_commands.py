@@ -83,7 +83,8 @@ def models(
             print(msgspec.json.encode(entries).decode(), flush=True)
             return
         if not entries:
-            say(f"no models in {models_dir}; get one with `minivault download`")
+            say(f"no models in {models_dir}; get one with `minivault download`, `minivault import PATH` "
+                "or `minivault demo-model` (random weights)")
             return
         print(_models_table(entries), flush=True)
 

@@ -223,3 +223,39 @@ def test_download_of_a_gguf_repo_with_one_file_reports_a_mix(hub, ggufs, tmp_pat
     model = download("someone/one-gguf", models_dir=tmp_path / "models")
     assert model == tmp_path / "models" / "one-gguf-q4_0_m" / "model.bin"
     assert "requantised 1 q8_0 tensors to q4_0" in capsys.readouterr().err
+
+
+# --- convert --quant q*_k -----------------------------------------------------------------------
+
+
+def test_convert_writes_k_quants_with_ggmls_quantiser_and_they_load(tmp_path):
+    from safetensors.numpy import load_file
+
+    from service.formats.ggml import quant
+    from service.formats.ggml.format import read_tensor
+    from tests.support.gpt2_reference import ggml_greedy
+
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    for name, data in checkpoint_files(tmp=src, n_embd=256, n_layer=1).items():
+        (src / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    weights_in = load_file(str(src / "model.safetensors"))
+    for kind in ("q6_k", "q4_k"):
+        result = run("convert", str(src), str(tmp_path / kind), "--quant", kind)
+        assert result.exit_code == 0, result.stderr
+        model = tmp_path / kind / "model.bin"
+        assert result.stdout == f"{model}\n"
+        ggml = read_gpt2(model)
+        assert ggml.hparams.ftype == kind and ggml.tensors["model/h0/mlp/c_fc/w"].ggml_type == kind
+        with open(model, "rb") as f:
+            info = ggml.tensors["model/h0/mlp/c_fc/w"]
+            f.seek(info.offset)
+            assert f.read(info.nbytes) == quant.quantize(weights_in["h.0.mlp.c_fc.weight"].T, kind)
+        assert read_tensor(model, ggml.tensors["model/h0/ln_1/b"]).dtype == "float32"
+        assert len(ggml_greedy(model, [1, 2, 3], 4)) == 4  # ctransformers loads and runs it
+    narrow = tmp_path / "narrow"
+    narrow.mkdir()
+    for name, data in checkpoint_files(tmp=narrow).items():
+        (narrow / name).write_bytes(data if isinstance(data, bytes) else data.encode())
+    refused = run("convert", str(narrow), str(tmp_path / "n"), "--quant", "q4_k")
+    assert refused.exit_code == 1 and "q4_k needs n_embd to be a multiple of 256, got 32" in refused.stderr
