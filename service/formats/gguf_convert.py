@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import Counter
 import secrets
 import shutil
 from pathlib import Path
@@ -187,7 +188,12 @@ def convert_gguf(
     tokenizer = gguf_tokenizer(g, hp.n_vocab)
     tokenizer_json = tokenizer.to_json()
     tensors = _names(g, hp)
-    wtype, found = plan_types(tensors)
+    head = tensors.get("model/lm_head")
+    if head and head.ggml_type == tensors["model/wte"].ggml_type and \
+            tensor_bytes(src, head) == tensor_bytes(src, tensors["model/wte"]):
+        del tensors["model/lm_head"]  # llama.cpp writes GPT-2's tied head out again; ggml ties it itself
+    wtype, _ = plan_types(tensors)
+    found = dict(sorted(Counter(t.ggml_type for t in g.tensors.values()).items()))  # all it held
     hp = HParams(hp.n_vocab, hp.n_ctx, hp.n_embd, hp.n_head, hp.n_layer, wtype)
     vocab = _ggml_vocab(tokenizer_json, hp.n_vocab)
     _check_destination(out, overwrite)

@@ -108,13 +108,17 @@ def test_k_quant_decoding_matches_gguf_py_and_the_error_shrinks_with_bits():
 
 @pytest.mark.slow
 def test_a_mixed_gguf_is_requantised_to_its_main_type_and_the_error_recorded(hp, state, work, capsys):
-    mix = {"model/h0/mlp/c_proj/w": "q6_k", "model/h0/attn/c_attn/w": "q8_0", "model/wpe": "f16"}
-    src = write_gguf(work / "gpt2-Q4_K_M.gguf", hp, state, lambda n: mix.get(n, "q4_k" if is_matrix(n) else "f32"))
+    # as llama.cpp writes them: the tied output head again, in q6_k
+    mix = {"model/h0/mlp/c_proj/w": "q6_k", "model/h0/attn/c_attn/w": "q8_0", "model/wpe": "f16",
+           "model/lm_head": "q6_k"}
+    tensors = state | {"model/lm_head": state["model/wte"]}
+    src = write_gguf(work / "gpt2-Q4_K_M.gguf", hp, tensors, lambda n: mix.get(n, "q4_k" if is_matrix(n) else "f32"))
     manifest = convert_gguf(src, work / "mixed")
     assert manifest.quant == "q4_k"
-    assert manifest.source_types == {"f16": 1, "f32": 10, "q4_k": 3, "q6_k": 1, "q8_0": 1}
+    assert manifest.source_types == {"f16": 1, "f32": 10, "q4_k": 3, "q6_k": 2, "q8_0": 1}
     changed = {c.tensor: c for c in manifest.requantised}
-    assert set(changed) == {"blk.0.ffn_down.weight", "blk.0.attn_qkv.weight"}  # f16 wpe -> f32 is exact
+    # f16 wpe -> f32 is exact, so not listed
+    assert set(changed) == {"blk.0.ffn_down.weight", "blk.0.attn_qkv.weight", "output.weight"}
     for name, c in changed.items():
         assert c.type == "q4_k" and 0.01 < c.rms_error < 0.2, c
     # the recorded error is the measured one: requantised values against the GGUF's own values
@@ -127,7 +131,16 @@ def test_a_mixed_gguf_is_requantised_to_its_main_type_and_the_error_recorded(hp,
     wpe = read_tensor(model, read_gpt2(model).tensors["model/wpe"])
     np.testing.assert_array_equal(wpe, state["model/wpe"].astype(np.float16).astype(np.float32))
     assert json.loads((work / "mixed" / "manifest.json").read_text())["requantised"][0]["rms_error"] > 0
+    assert "model/lm_head" in read_gpt2(model).tensors
     assert len(ggml_greedy(model, PROMPT, 4)) == 4
+
+
+def test_a_tied_output_head_written_out_again_is_left_to_ggml(hp, state, work):
+    tensors = state | {"model/lm_head": state["model/wte"]}
+    src = write_gguf(work / "gpt2-tied.gguf", hp, tensors, lambda n: "q8_0" if is_matrix(n) else "f32")
+    manifest = convert_gguf(src, work / "tied")
+    assert "model/lm_head" not in read_gpt2(work / "tied" / "model.bin").tensors
+    assert manifest.source_types == {"f32": 11, "q8_0": 6} and manifest.requantised == []
 
 
 def test_tokenizer_from_gguf_metadata_is_gpt2s_bpe(hp, state, work, tmp_path):
