@@ -7,6 +7,7 @@ and merges as llama.cpp publishes them, no weights).
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Callable
 
 from service.fileio import install, write_atomic
 from service.formats.convert import MODEL_FILE, TOKENIZER_FILE, _ggml_vocab
-from service.formats.ggml.format import HParams, write_gpt2
+from service.formats.ggml.format import HParams, gpt2_tensor_shapes, write_gpt2
 from service.formats.ggml.tiny import random_tensors
 from service.formats.gguf import read_gguf
 from service.formats.gguf_convert import gguf_tokenizer
@@ -44,7 +45,7 @@ def install_demo(models_dir: str | os.PathLike[str], *, force: bool = False, see
         manifest = Manifest(
             name=DEMO_NAME, file=MODEL_FILE, source=Source(repo=None, revision=f"random-seed-{seed}", kind="local"),
             quant=hp.ftype, hparams=ManifestHParams.of(hp),
-            parameters=sum(n * m for n, m in ((hp.n_vocab + hp.n_ctx, hp.n_embd), (hp.n_layer * 12, hp.n_embd ** 2))),
+            parameters=sum(math.prod(shape) for shape in gpt2_tensor_shapes(hp).values()),
             size=(work / MODEL_FILE).stat().st_size, sha256=sha256, created=utc_now(), tokenizer=TOKENIZER_FILE,
         )  # fmt: skip
         write_manifest(work, manifest)

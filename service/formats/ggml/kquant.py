@@ -5,7 +5,8 @@ The k-quant reference quantisers are long iterative searches (make_qkx1_quants, 
 library is ggml built with k-quants and exports them (`quantize_row_q4_K_reference`,
 `dequantize_row_q4_K`, ...), so they are called through ctypes. The library file is located on
 disk, not imported: this package never imports an engine library. The scalar ("basic") build is
-used first; every build of a version holds the same reference C code.
+used, so the output is the same on every machine (the AVX2 build, compiled for other
+instructions, changes the last bit of some q2_K/q4_K/q5_K scales).
 """
 
 from __future__ import annotations
