@@ -1,8 +1,9 @@
 """Download GPT-2 models from the Hugging Face Hub into the models dir.
 
-Two kinds of repo are accepted: one holding a ready GGML gpt2 `.bin` file, installed
-as is, and a GPT-2-family checkpoint (config.json with model_type gpt2 +
-model.safetensors), converted locally to GGML. Files come through huggingface_hub's
+Three kinds of repo are accepted: one holding a ready GGML gpt2 `.bin` file, installed
+as is; one holding GPT-2 GGUF files (one chosen by --quant), converted to GGML; and a
+GPT-2-family checkpoint (config.json with model_type gpt2 + model.safetensors),
+converted locally to GGML. Files come through huggingface_hub's
 cache (so HF_HUB_OFFLINE works from it); the model is assembled in
 models/.partial/ and renamed into models/<name> only once complete.
 """

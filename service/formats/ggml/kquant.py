@@ -30,7 +30,7 @@ TYPES: dict[str, tuple[int, int]] = {
     "q6_k": (14, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),        # ql[128], qh[64], scales[16], d  = 210
 }  # fmt: skip
 
-_VARIANTS = ("basic", "avx", "avx2")
+_VARIANTS = ("basic", "avx", "avx2", "local")  # local: ctransformers built from source
 
 
 class LibraryMissing(RuntimeError):
