@@ -149,6 +149,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+# How to get a model without the Hub (the download and the no-model messages end with this).
+NO_HUB_ROUTES = (
+    "without the Hub: `minivault import PATH` installs a model file you copied over (a GPT-2 .gguf, "
+    "a GGML .bin or a Hugging Face GPT-2 checkpoint folder), or `minivault demo-model` creates a "
+    "random-weight demo model with GPT-2's real vocabulary (random text, but the whole service works)"
+)
+
+
 def find_model(settings: Settings) -> Path:
     """The GGML model file to serve: MINIVAULT_MODEL, else the one model in the models dir.
 
@@ -156,7 +164,7 @@ def find_model(settings: Settings) -> Path:
     """
     how = (
         "get one with `minivault download` (distilgpt2, quantised to q4_0), "
-        f"or set {PREFIX}MODEL to the path of a GPT-2 GGML file"
+        f"or set {PREFIX}MODEL to the path of a GPT-2 GGML file; {NO_HUB_ROUTES}"
     )
     if settings.model:
         path = Path(settings.model)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 
 # Each command module registers on `app` when imported; the import order is the order --help lists them.
-from service.cli import client_commands, serve_command, model_commands, logs_commands  # noqa: F401  (isort: skip)
+from service.cli import (  # noqa: F401  (isort: skip)
+    client_commands, serve_command, model_commands, import_command, logs_commands,
+)
 from service.cli.options import app, say
 from service.errors import one_line
 

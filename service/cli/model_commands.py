@@ -15,10 +15,10 @@ import typer
 from service.cli.options import Text, app, fail, opt, reporting, say
 from service.errors import one_line
 
-Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0"]
+Quant = Literal["f32", "f16", "q8_0", "q5_1", "q5_0", "q4_1", "q4_0", "q6_k", "q5_k", "q4_k", "q3_k", "q2_k"]
 ModelsDir = Annotated[Path, opt("The models dir.", envvar="MINIVAULT_MODELS_DIR")]
 
-REPO_HELP = "Hugging Face repo id: a GPT-2 checkpoint or a GGML gpt2 repo."
+REPO_HELP = "Hugging Face repo id: a GPT-2 checkpoint, GPT-2 GGUF files or a GGML gpt2 repo."
 SRC_HELP = "A GPT-2 Hugging Face checkpoint folder: config.json, model.safetensors, a tokenizer."
 
 
@@ -34,18 +34,31 @@ def _model_errors(*errors: type[BaseException]) -> Iterator[None]:
             raise fail(one_line(exc), GENERIC) from None
 
 
+def _check_quant(value: str | None) -> str | None:
+    """A usage error (exit 2) for a --quant that is neither a GGML type nor a GGUF file's quant name."""
+    import re
+
+    if value is not None and not re.fullmatch(r"(?i)i?q\d(_[a-z0-9]+)*|bf16|f16|f32", value):
+        raise typer.BadParameter(f"{value!r} is not a quant: use f32, f16, q8_0, q5_1, q5_0, q4_1, q4_0, q6_k, "
+                                 "q5_k, q4_k, q3_k, q2_k, or a GGUF file's quant such as Q4_K_M")
+    return value
+
+
 @app.command()
 def download(
     repo: Annotated[str, typer.Argument(metavar="REPO", help=REPO_HELP)] = "distilgpt2",
-    quant: Annotated[Quant, opt("Quantisation when a checkpoint is converted.")] = "q4_0",
+    quant: Annotated[Text, opt("Quantisation when a checkpoint is converted (default q4_0: f32, f16, q8_0, q5_1, "
+                               "q5_0, q4_1, q4_0, q6_k..q2_k); for a GGUF repo, the file's quant (e.g. Q4_K_M).",
+                               callback=_check_quant)] = None,
     revision: Annotated[Text, opt("Branch, tag or commit (default main).")] = None,
     force: Annotated[bool, opt("Download and install again even if already installed.", "--force")] = False,
     models_dir: ModelsDir = Path("models"),
 ) -> None:
     """Download a model from the Hugging Face Hub.
 
-    A GPT-2 checkpoint is converted to GGML at --quant; the model lands in
-    MODELS_DIR/<name>/ and its path is printed.
+    A GPT-2 checkpoint is converted to GGML at --quant; a GGUF file (chosen by --quant when the
+    repo has several) is converted to GGML; the model lands in MODELS_DIR/<name>/ and its path
+    is printed.
     """
     from service.hub import download as hub
 
@@ -70,7 +83,8 @@ def models(
             print(msgspec.json.encode(entries).decode(), flush=True)
             return
         if not entries:
-            say(f"no models in {models_dir}; get one with `minivault download`")
+            say(f"no models in {models_dir}; get one with `minivault download`, `minivault import PATH` "
+                "or `minivault demo-model` (random weights)")
             return
         print(_models_table(entries), flush=True)
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from service.fileio import install, write_atomic
 from service.formats.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, write_gpt2
+from service.formats.ggml.quant import BLOCK
 from service.formats.manifest import HParams as ManifestHParams
 from service.formats.manifest import Manifest, Source, utc_now, write_manifest
 from service.formats.safetensors import SafeTensors
@@ -27,7 +28,7 @@ from service.tokenizer.files import tokenizer_json_bytes
 
 MODEL_FILE = "model.bin"
 TOKENIZER_FILE = "tokenizer.json"
-QUANTS = tuple(FTYPES)  # f32 f16 q4_0 q4_1 q8_0 q5_0 q5_1
+QUANTS = tuple(FTYPES)  # f32 f16 q4_0 q4_1 q8_0 q5_0 q5_1 q2_k q3_k q4_k q5_k q6_k
 
 # ggml's gpt2 runs the tanh GELU; these config names all mean that function.
 _TANH_GELU = {"gelu_new", "gelu_pytorch_tanh", "gelu_fast"}
@@ -146,8 +147,9 @@ def _hparams(config: dict[str, Any], quant: str) -> HParams:
     n_embd, n_head = config["n_embd"], config["n_head"]
     if n_head < 1 or n_embd % n_head:
         raise ValueError(f"n_embd {n_embd} is not a multiple of n_head {n_head}")
-    if quant not in ("f32", "f16") and n_embd % 32:
-        raise ValueError(f"{quant} needs n_embd to be a multiple of 32, got {n_embd}; use f16 or f32")
+    block = BLOCK[quant][0]
+    if n_embd % block:
+        raise ValueError(f"{quant} needs n_embd to be a multiple of {block}, got {n_embd}; use f16 or f32")
     return HParams(config["vocab_size"], n_ctx, n_embd, n_head, config["n_layer"], quant)
 
 

@@ -21,14 +21,14 @@ if TYPE_CHECKING:
 
 MANIFEST_NAME = "manifest.json"
 
-SourceKind = Literal["converted", "ggml", "local"]
+SourceKind = Literal["converted", "ggml", "local", "gguf"]
 
 
 class Source(msgspec.Struct, frozen=True, kw_only=True):
     """Where the model came from: a Hub repo and revision, or a local checkpoint (repo None).
 
     kind: "converted" (made from a Hugging Face checkpoint), "ggml" (a GGML file fetched
-    as is) or "local" (a file that was already on disk).
+    as is), "local" (a file that was already on disk) or "gguf" (converted from a GGUF file).
     """
 
     repo: str | None = None
@@ -51,6 +51,15 @@ class HParams(msgspec.Struct, frozen=True, kw_only=True):
         return cls(n_vocab=hp.n_vocab, n_ctx=hp.n_ctx, n_embd=hp.n_embd, n_head=hp.n_head, n_layer=hp.n_layer)
 
 
+class Requantised(msgspec.Struct, frozen=True, kw_only=True):
+    """A tensor a GGUF held in another type than the file's one, requantised at import."""
+
+    tensor: str  # its GGUF name
+    source_type: str
+    type: str
+    rms_error: float  # RMS(new - old) / RMS(old), over the tensor's values
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     """Identity and integrity record of one installed model file.
 
@@ -71,6 +80,12 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     created: str
     tokenizer: str | None = None
+    # for a model converted from a GGUF file: that file, its sha256, {ggml type: tensor count} it
+    # held, and the tensors that had to be requantised to the one type ctransformers loads
+    source_file: str | None = None
+    source_sha256: str | None = None
+    source_types: dict[str, int] | None = None
+    requantised: list[Requantised] | None = None
 
 
 def utc_now() -> str:

@@ -1,8 +1,9 @@
 """Download GPT-2 models from the Hugging Face Hub into the models dir.
 
-Two kinds of repo are accepted: one holding a ready GGML gpt2 `.bin` file, installed
-as is, and a GPT-2-family checkpoint (config.json with model_type gpt2 +
-model.safetensors), converted locally to GGML. Files come through huggingface_hub's
+Three kinds of repo are accepted: one holding a ready GGML gpt2 `.bin` file, installed
+as is; one holding GPT-2 GGUF files (one chosen by --quant), converted to GGML; and a
+GPT-2-family checkpoint (config.json with model_type gpt2 + model.safetensors),
+converted locally to GGML. Files come through huggingface_hub's
 cache (so HF_HUB_OFFLINE works from it); the model is assembled in
 models/.partial/ and renamed into models/<name> only once complete.
 """
@@ -19,10 +20,12 @@ import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from service.config import NO_HUB_ROUTES
 from service.errors import one_line
 from service.fileio import install, write_atomic
 from service.formats import convert
 from service.formats.ggml.format import FTYPES, read_gpt2
+from service.formats.gguf_convert import convert_gguf
 from service.formats.manifest import (
     HParams,
     Manifest,
@@ -49,6 +52,7 @@ from service.hub.store import (
     list_models,
     work_folder,
 )
+from service.hub.importer import report_gguf
 from service.tokenizer.files import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]
@@ -57,6 +61,8 @@ DEFAULT_REPO = "distilgpt2"
 DEFAULT_QUANT = "q4_0"
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+# the quant names GGUF file names carry: Q4_K_M, Q8_0, IQ2_XS, BF16, ...
+_GGUF_QUANT = re.compile(r"(?i)i?q\d(_[a-z0-9]+)*|bf16|f16|f32")
 
 
 def say(message: str) -> None:
@@ -71,7 +77,7 @@ def download(
     repo_id: str = DEFAULT_REPO,
     *,
     models_dir: str | os.PathLike[str],
-    quant: str = DEFAULT_QUANT,
+    quant: str | None = None,
     revision: str | None = None,
     force: bool = False,
 ) -> Path:
@@ -84,8 +90,10 @@ def download(
     HF_HUB_OFFLINE and HF_HOME / HF_HUB_CACHE. Raises HubError (one line) when the
     Hub can't be used or the repo holds nothing MiniVault can run.
     """
-    if quant not in FTYPES:
-        raise HubError(f"unknown quant {quant!r}; choose one of {', '.join(FTYPES)}")
+    if quant is not None and quant.lower() not in FTYPES and not _GGUF_QUANT.fullmatch(quant):
+        raise HubError(f"unknown quant {quant!r}; choose one of {', '.join(FTYPES)} "
+                       "(or, for a GGUF repo, the quant its file names carry, e.g. Q4_K_M)")
+    chosen, quant = quant, (quant or DEFAULT_QUANT).lower()
     models_dir = Path(models_dir)
     hub = Hub.from_env()
     installed = None if force else _installed(models_dir, repo_id, quant)
@@ -100,7 +108,7 @@ def download(
             and _fits(installed.manifest, quant, listing.files):
         return _keep(installed)
     try:
-        plan = repoplan.plan(repo_id, set(listing.files), _model_type(hub, repo_id, listing), quant)
+        plan = repoplan.plan(repo_id, set(listing.files), _model_type(hub, repo_id, listing), chosen)
     except repoplan.Refused:
         if not listing.local:
             raise
@@ -108,13 +116,16 @@ def download(
         raise HubError(f"{listing.note}, and the local cache holds only part of {repo_id}@{revision or 'main'} "
                        f"({shown}); connect to the Hub to fetch the rest") from None
     base = repo_id.rsplit("/", 1)[-1]
-    name = f"{base.lower()}-{quant}" if plan.kind == "checkpoint" else base
+    name = {"checkpoint": f"{base.lower()}-{quant}", "ggml": base,
+            "gguf": f"{base.lower()}-{(repoplan.gguf_tag(plan.files[0]) or 'gguf').lower()}"}[plan.kind]
     final = models_dir / name
     _check_target(final, repo_id, force)
     work = work_folder(models_dir, name)
     try:
         if plan.kind == "checkpoint":
             manifest = _fetch_checkpoint(hub, repo_id, listing, plan, work, name, quant)
+        elif plan.kind == "gguf":
+            manifest = _fetch_gguf(hub, repo_id, listing, plan.files[0], work, name)
         else:
             manifest = _fetch_ggml(hub, repo_id, listing, plan, work, name, quant)
         install(work, final)
@@ -141,7 +152,7 @@ def _resolve(hub: Hub, repo_id: str, revision: str | None, *, keep_if_unreachabl
         listing = cached_listing(hub, repo_id, revision, note=str(why))
         if listing is None:
             raise HubError(f"{why}, and {repo_id}@{revision or 'main'} is not in the local cache "
-                           f"({hub.cache_dir})") from None
+                           f"({hub.cache_dir}); {NO_HUB_ROUTES}") from None
         if not hub.offline:
             say(f"{why}; using the local cache")
         return listing
@@ -229,6 +240,20 @@ def _fetch_checkpoint(hub: Hub, repo_id: str, listing: Listing, plan: repoplan.P
                                           revision=_commit_of(folder, listing))
     except ValueError as e:
         raise HubError(f"{repo_id}: conversion failed: {one_line(e)}") from None
+
+
+def _fetch_gguf(hub: Hub, repo_id: str, listing: Listing, filename: str, staging: Path, name: str):
+    """Download one GGUF file and convert it into `staging` (blocks copied, a mix requantised)."""
+    say(f"{repo_id}@{listing.commit[:7]}: fetching {filename}")
+    folder = hub.snapshot(repo_id, listing, [glob.escape(filename)])
+    say(f"Converting GGUF {filename} to GGML into {name}")
+    try:
+        manifest = convert_gguf(folder / filename, staging, name=name, source_repo=repo_id,
+                                revision=_commit_of(folder, listing))
+    except ValueError as e:
+        raise HubError(f"{repo_id} can't be used: {one_line(e).replace(str(folder) + '/', '')}") from None
+    report_gguf(manifest, say)
+    return manifest
 
 
 def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: repoplan.Plan, staging: Path, name: str, quant: str):

@@ -437,9 +437,9 @@ def test_download_failure_is_one_line(hub, tmp_path):
 
 @pytest.mark.parametrize("command", [["download"], ["convert", "src", "out"]])
 def test_unknown_quant_is_a_usage_error_naming_the_choices(command):
-    result = run(*command, "--quant", "q3_k")
+    result = run(*command, "--quant", "bogus")
     assert result.exit_code == 2
-    assert "q3_k" in result.stderr and "q4_0" in result.stderr
+    assert "bogus" in result.stderr and "q4_0" in result.stderr
 
 
 def test_convert_writes_a_model_folder(tmp_path):

@@ -345,7 +345,7 @@ def test_refuses_what_ggml_gpt2_would_run_wrongly(tmp_path, config, match):
 
 
 def test_refuses_unknown_quantisation(tmp_path):
-    assert_refused(checkpoint(tmp_path / "src"), tmp_path / "out", "unknown quantisation 'q3_k'; accepted: f32, f16", "q3_k")
+    assert_refused(checkpoint(tmp_path / "src"), tmp_path / "out", "unknown quantisation 'q7_x'; accepted: f32, f16", "q7_x")
 
 
 def test_refuses_missing_and_foreign_tensors(tmp_path):

@@ -29,6 +29,9 @@ QNT_VERSION_FACTOR = 1000
 
 # File-level "ftype": the type of the big matrices; norms, biases and wpe stay f32.
 FTYPES: dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q5_0": 8, "q5_1": 9}
+# ggml's GGML_FTYPE_MOSTLY_Q2_K..Q6_K: ctransformers' gpt2 loader maps each to one weight type
+KQUANT_FTYPES: dict[str, int] = {"q2_k": 10, "q3_k": 11, "q4_k": 12, "q5_k": 13, "q6_k": 14}
+FTYPES |= KQUANT_FTYPES
 FTYPE_NAMES = {v: k for k, v in FTYPES.items()}
 
 # Tensors whose type follows the file's ftype; every other tensor is f32.
@@ -69,11 +72,14 @@ class GGMLFile:
     quant_version: int = 0
 
 
+def is_matrix(name: str) -> bool:
+    """Whether a tensor is one of the weight matrices, stored in the file's ftype."""
+    return name in _MATRIX_NAMES or name.endswith(_MATRIX_SUFFIXES)
+
+
 def tensor_type(name: str, ftype: str) -> str:
     """The ggml type a tensor is stored in for a file of `ftype`."""
-    if name in _MATRIX_NAMES or name.endswith(_MATRIX_SUFFIXES):
-        return ftype
-    return "f32"
+    return ftype if is_matrix(name) else "f32"
 
 
 def gpt2_tensor_shapes(hp: HParams) -> dict[str, tuple[int, ...]]:
@@ -158,6 +164,39 @@ def write_gpt2(
             _write_tensor(f, name, np.asarray(array, dtype=np.float32), tensor_type(name, hp.ftype))
             seen.add(name)
         missing = sorted(set(expected) - seen)
+        if missing:
+            raise ValueError(f"missing tensors: {', '.join(missing[:4])}")
+    return digest.hexdigest()
+
+
+def write_gpt2_blocks(
+    path: str | os.PathLike[str],
+    hp: HParams,
+    vocab: list[bytes],
+    tensors: Iterable[tuple[str, str, tuple[int, ...], bytes]],
+) -> str:
+    """Write a GPT-2 GGML file from tensors already encoded: (name, ggml type, numpy shape, bytes); return its sha256.
+
+    Each tensor must be stored in the type the file's ftype gives it, as ctransformers' loader requires.
+    """
+    expected = gpt2_tensor_shapes(hp) | {"model/lm_head": (hp.n_vocab, hp.n_embd)}
+    digest = hashlib.sha256()
+    seen: set[str] = set()
+    with atomic_file(Path(path)) as raw:
+        f = _HashingWriter(raw, digest)
+        _write_header(f, hp, vocab)
+        for name, ggml_type, shape, data in tensors:
+            if expected.get(name) != tuple(shape):
+                raise ValueError(f"tensor {name!r} has shape {shape}, expected {expected.get(name)}")
+            if ggml_type != tensor_type(name, hp.ftype) or len(data) != quant.nbytes(shape, ggml_type):
+                raise ValueError(f"tensor {name!r}: {len(data)} bytes of {ggml_type} in a {hp.ftype} file")
+            encoded = name.encode()
+            ne = tuple(reversed(shape))
+            f.write(struct.pack(f"<3i{len(ne)}i", len(ne), len(encoded), quant.GGML_TYPES[ggml_type], *ne))
+            f.write(encoded)
+            f.write(data)
+            seen.add(name)
+        missing = sorted(set(gpt2_tensor_shapes(hp)) - seen)
         if missing:
             raise ValueError(f"missing tensors: {', '.join(missing[:4])}")
     return digest.hexdigest()

@@ -13,8 +13,11 @@ from typing import Callable
 
 import numpy as np
 
+from service.formats.ggml import kquant
+
 # ggml_type enum values as in ggml.h.
 GGML_TYPES: dict[str, int] = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8}
+GGML_TYPES |= {name: t for name, (t, _) in kquant.TYPES.items()}  # q2_k..q6_k: ggml's own C code
 
 QK = 32  # elements per block in every block type
 
@@ -27,7 +30,7 @@ BLOCK: dict[str, tuple[int, int]] = {
     "q5_0": (QK, 22),  # f16 d, u8 qh[4], u8 qs[16]
     "q5_1": (QK, 24),  # f16 d, f16 m, u8 qh[4], u8 qs[16]
     "q8_0": (QK, 34),  # f16 d, i8 qs[32]
-}
+} | {name: (kquant.QK_K, size) for name, (_, size) in kquant.TYPES.items()}
 
 # Blocks handled per numpy pass: big enough to amortise call overhead, small enough
 # that the temporaries stay in cache-sized territory and memory stays flat.
@@ -61,6 +64,8 @@ def quantize(array: np.ndarray, ggml_type: str) -> bytes:
     if ggml_type == "f16":
         with np.errstate(over="ignore"):  # out-of-range values become ±inf, as in ggml
             return a.astype("<f2").tobytes()
+    if ggml_type in kquant.TYPES:
+        return kquant.quantize(a, ggml_type)
     encode = _ENCODERS.get(ggml_type)
     if encode is None:
         raise ValueError(f"unknown ggml type {ggml_type!r}; expected one of {sorted(GGML_TYPES)}")
@@ -87,6 +92,8 @@ def dequantize(data: bytes, ggml_type: str, shape: tuple[int, ...]) -> np.ndarra
         return np.frombuffer(data, dtype="<f4").reshape(shape).copy()
     if ggml_type == "f16":
         return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(shape)
+    if ggml_type in kquant.TYPES:
+        return kquant.dequantize(data, ggml_type, shape)
     decode = _DECODERS.get(ggml_type)
     if decode is None:
         raise ValueError(f"unknown ggml type {ggml_type!r}; expected one of {sorted(GGML_TYPES)}")

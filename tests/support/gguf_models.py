@@ -1,0 +1,103 @@
+"""GPT-2 GGUF files for tests, written with the `gguf` package (llama.cpp's gguf-py).
+
+Blocks come from gguf-py's own quantisers for the types it can write (f32, f16, bf16, q4_0,
+q4_1, q5_0, q5_1, q8_0) and from ggml's reference quantiser in ctransformers' library for the
+k-quants (gguf-py only decodes those). The tokenizer metadata is GPT-2's real vocabulary and merges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from service.formats.ggml import kquant
+from service.formats.ggml.format import HParams
+from service.formats.ggml.tiny import random_tensors
+from service.tokenizer.bpe import bytes_to_unicode
+from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_tokens
+
+N_VOCAB = 50257
+_TOP = {"model/wte": "token_embd.weight", "model/wpe": "position_embd.weight", "model/ln_f/g": "output_norm.weight",
+        "model/ln_f/b": "output_norm.bias", "model/lm_head": "output.weight"}
+_LAYER = {
+    "ln_1/g": "attn_norm.weight", "ln_1/b": "attn_norm.bias", "ln_2/g": "ffn_norm.weight", "ln_2/b": "ffn_norm.bias",
+    "attn/c_attn/w": "attn_qkv.weight", "attn/c_attn/b": "attn_qkv.bias",
+    "attn/c_proj/w": "attn_output.weight", "attn/c_proj/b": "attn_output.bias",
+    "mlp/c_fc/w": "ffn_up.weight", "mlp/c_fc/b": "ffn_up.bias",
+    "mlp/c_proj/w": "ffn_down.weight", "mlp/c_proj/b": "ffn_down.bias",
+}  # fmt: skip
+
+
+def gguf_name(ggml_name: str) -> str:
+    """model/h3/mlp/c_fc/w -> blk.3.ffn_up.weight."""
+    if ggml_name in _TOP:
+        return _TOP[ggml_name]
+    layer, rest = ggml_name.removeprefix("model/h").split("/", 1)
+    return f"blk.{layer}.{_LAYER[rest]}"
+
+
+def gpt2_vocab_bytes() -> list[bytes]:
+    """GPT-2's tokens as raw bytes, in id order (what a GGML file's vocabulary holds)."""
+    to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    return [t.encode() if t == "<|endoftext|>" else bytes(to_byte[c] for c in t) for t in gpt2_tokens()]
+
+
+def gpt2_hparams(n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_ctx: int = 256) -> HParams:
+    """Small GPT-2 shapes with the real vocabulary; 256 wide so every k-quant fits the rows."""
+    return HParams(N_VOCAB, n_ctx, n_embd, n_head, n_layer)
+
+
+def weights(hp: HParams, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random GPT-2 weights under GGML names (numpy order, (out, in) matrices)."""
+    return dict(random_tensors(hp, seed, scale=0.3))
+
+
+def encode(array: np.ndarray, kind: str) -> tuple[np.ndarray, object]:
+    """(array to hand GGUFWriter.add_tensor, raw_dtype) for one tensor in `kind`."""
+    import gguf
+    from gguf.quants import quantize
+
+    qtype = getattr(gguf.GGMLQuantizationType, kind.upper())
+    if kind == "f32":
+        return array.astype(np.float32), None
+    if kind == "f16":
+        return array.astype(np.float16), None
+    if kind.startswith("iq"):  # gguf-py cannot write i-quants: zero blocks of the right size (for refusals)
+        per, size = gguf.GGML_QUANT_SIZES[qtype]
+        return np.zeros((array.shape[0], array.shape[1] // per * size), np.uint8), qtype
+    if kind in kquant.TYPES:
+        data = np.frombuffer(kquant.quantize(array, kind), np.uint8)
+        return data.reshape(array.shape[0], -1), qtype
+    return quantize(array.astype(np.float32), qtype), qtype
+
+
+def write_gguf(path: Path, hp: HParams, tensors: dict[str, np.ndarray], type_of: Callable[[str], str],
+               *, arch: str = "gpt2", metadata: dict | None = None) -> Path:
+    """Write a GGUF file: tensors (GGML names) each stored in type_of(GGML name), GPT-2 tokenizer metadata."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(hp.n_ctx)
+    w.add_embedding_length(hp.n_embd)
+    w.add_feed_forward_length(4 * hp.n_embd)
+    w.add_block_count(hp.n_layer)
+    w.add_head_count(hp.n_head)
+    w.add_layer_norm_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list(list(gpt2_tokens()))
+    w.add_token_types([3 if t == "<|endoftext|>" else 1 for t in gpt2_tokens()])
+    w.add_token_merges([f"{a} {b}" for a, b in gpt2_merges()])
+    w.add_bos_token_id(N_VOCAB - 1)
+    w.add_eos_token_id(N_VOCAB - 1)
+    for key, value in (metadata or {}).items():
+        w.add_string(key, value)
+    for name, array in tensors.items():
+        data, raw = encode(array, type_of(name))
+        w.add_tensor(gguf_name(name), data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
