@@ -30,6 +30,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     log_prompts: bool = True
     drain_s: float = 30.0
     retry_after_s: int = 1
+    replica: str = ""  # names this process in each log record when several replicas serve one model
 
     def __post_init__(self) -> None:
         checks = [
@@ -40,6 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("timeout_s", 0 < self.timeout_s <= 86_400, "must be > 0 and <= 86400 seconds"),
             ("drain_s", 0 <= self.drain_s <= 3_600, "must be between 0 and 3600 seconds"),
             ("retry_after_s", 1 <= self.retry_after_s <= 3_600, "must be between 1 and 3600 seconds"),
+            ("replica", len(self.replica) <= 253 and self.replica.isprintable(), "must be printable, at most 253 characters"),
         ]
         for name, ok, rule in checks:
             if not ok:
