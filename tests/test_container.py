@@ -307,8 +307,10 @@ def test_image_runs_as_a_numeric_non_root_user_on_a_read_only_root(image: str, t
     make_tiny_gpt2(models / "tiny" / "model.bin", n_embd=64, n_layer=2)
     port = free_port()
     name = f"mvro{uuid.uuid4().hex[:10]}"
-    run(["docker", "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp", "--tmpfs", "/logs:mode=1777",
+    run(["docker", "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
          "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", "MINIVAULT_REPLICA=pod-a",
+         # podman drops a tmpfs' mode under --read-only: the log goes to the writable /tmp instead
+         "-e", "MINIVAULT_LOG_FILE=/tmp/logs/log.jsonl",
          "-v", f"{models}:/models:ro", "-p", f"127.0.0.1:{port}:8000", image])
     try:
         wait_healthy(name, HEALTHY_TIMEOUT_S)
@@ -318,7 +320,7 @@ def test_image_runs_as_a_numeric_non_root_user_on_a_read_only_root(image: str, t
         uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
         assert set(uids) == {"10001"}, status
         deadline = time.monotonic() + 10  # the log is written by a thread
-        while (log := run(["docker", "exec", name, "cat", "/logs/log.jsonl"], check=False)).returncode != 0:
+        while (log := run(["docker", "exec", name, "cat", "/tmp/logs/log.jsonl"], check=False)).returncode != 0:
             assert time.monotonic() < deadline, log.stderr
             time.sleep(0.2)
         record = json.loads(log.stdout.splitlines()[-1])
