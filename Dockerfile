@@ -28,6 +28,8 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY docker/install-deps.sh docker/slim-venv.sh docker/
 RUN TARGETARCH="$TARGETARCH" CTRANSFORMERS_FROM_SOURCE="$CTRANSFORMERS_FROM_SOURCE" sh docker/install-deps.sh
+# Optional backends that need compiling (e.g. the llama.cpp one, `minivault[llamacpp]`) belong
+# in this stage too, after the line above: the runtime stage copies only the venv.
 
 
 FROM deps AS venv
@@ -46,8 +48,8 @@ FROM python:3.11-slim-bookworm AS runtime
 RUN groupadd --gid 10001 minivault \
  && useradd --uid 10001 --gid minivault --no-log-init --home-dir /home/minivault --create-home \
         --shell /usr/sbin/nologin minivault \
- && mkdir -p /models /logs \
- && chown minivault:minivault /models /logs
+ && mkdir -p /models /logs /cache/huggingface \
+ && chown minivault:minivault /models /logs /cache /cache/huggingface
 
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=app /staging/ /
@@ -56,7 +58,7 @@ COPY docker/entrypoint.sh docker/init-models.sh docker/healthcheck.py /app/docke
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HF_HOME=/tmp/huggingface \
+    HF_HOME=/cache/huggingface \
     MINIVAULT_HOST=0.0.0.0 \
     MINIVAULT_PORT=8000 \
     MINIVAULT_MODELS_DIR=/models \
@@ -70,8 +72,11 @@ EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=15s --retries=3 \
     CMD ["python", "/app/docker/healthcheck.py"]
 
-# Starts as root only to make the bind-mounted /logs (and /models) writable, then
-# exec's the command as an unprivileged user (see docker/entrypoint.sh); the server is
-# PID 1 and gets SIGTERM itself, which makes it drain running generations.
+# Runs as the numeric non-root user by default (Kubernetes' runAsNonRoot needs a number).
+# compose.yaml starts it as root instead, only so the entrypoint can make root-owned bind
+# mounts (/logs, /models) writable before it exec's the command as an unprivileged user
+# (see docker/entrypoint.sh); the server is PID 1 and gets SIGTERM itself, which makes
+# it drain running generations.
+USER 10001:10001
 ENTRYPOINT ["/app/docker/entrypoint.sh"]
 CMD ["minivault", "serve"]

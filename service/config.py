@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     allowed_hosts: str = ""  # comma-separated Host values accepted besides loopback and the listen address
     cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty: CORS off
     cache_prompt: bool = True  # prefix reuse (llama-server's cache_prompt); false turns it off for every request
+    replica: str = ""  # names this process in each log record when several replicas serve one model
 
     def __post_init__(self) -> None:
         checks = [
@@ -59,6 +60,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("retry_after_s", 1 <= self.retry_after_s <= 3_600, "must be between 1 and 3600 seconds"),
             ("log_fsync", _fsync_ok(self.log_fsync), "must be off, record, or a number of ms from 1 to 60000"),
             ("log_buffer", 1 <= self.log_buffer <= 1_000_000, "must be between 1 and 1000000 records"),
+            ("replica", len(self.replica) <= 253 and self.replica.isprintable(), "must be printable, at most 253 characters"),
         ]
         for name, ok, rule in checks:
             if not ok:

@@ -181,7 +181,7 @@ def wait_healthy(container: str, timeout: float) -> None:
 
 def test_image_has_no_compiler_and_the_documented_settings(image: str) -> None:
     probe = "for c in gcc cc c++ g++ clang make cmake; do command -v $c; done; ls /root/.cache/pip 2>&1; true"
-    out = run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", probe]).stdout
+    out = run(["docker", "run", "--rm", "--user", "0", "--entrypoint", "sh", image, "-c", probe]).stdout
     assert "/" not in out.replace("/root/.cache/pip", ""), f"build tools in the runtime image: {out}"
     assert "No such file" in out, f"a pip cache in the runtime image: {out}"
     config = json.loads(run(["docker", "image", "inspect", image]).stdout)[0]["Config"]
@@ -296,3 +296,45 @@ def test_stop_lets_a_running_stream_finish_and_keeps_the_log(stack: Stack) -> No
     assert not state["Running"] and state["ExitCode"] == 0, state
     logs = run(["docker", "logs", api])
     assert "Application shutdown complete" in logs.stdout + logs.stderr
+
+
+def test_image_runs_as_a_numeric_non_root_user_on_a_read_only_root(image: str, tmp_path: Path) -> None:
+    """What Kubernetes' restricted securityContext gives it: the image's own user, read-only /, no capabilities."""
+    config = json.loads(run(["docker", "image", "inspect", image]).stdout)[0]["Config"]
+    assert config["User"] == "10001:10001"
+    models = tmp_path / "models"
+    (models / "tiny").mkdir(parents=True)
+    make_tiny_gpt2(models / "tiny" / "model.bin", n_embd=64, n_layer=2)
+    port = free_port()
+    name = f"mvro{uuid.uuid4().hex[:10]}"
+    run(["docker", "run", "--detach", "--name", name, "--read-only", "--tmpfs", "/tmp",
+         "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "-e", "MINIVAULT_REPLICA=pod-a",
+         # podman drops a tmpfs' mode under --read-only: the log goes to the writable /tmp instead
+         "-e", "MINIVAULT_LOG_FILE=/tmp/logs/log.jsonl",
+         "-v", f"{models}:/models:ro", "-p", f"127.0.0.1:{port}:8000", image])
+    try:
+        wait_healthy(name, HEALTHY_TIMEOUT_S)
+        r = httpx.post(f"http://127.0.0.1:{port}/generate", json={"prompt": "hi", "max_new_tokens": 4}, timeout=60)
+        assert r.status_code == 200, r.text
+        status = run(["docker", "exec", name, "cat", "/proc/1/status"]).stdout
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        assert set(uids) == {"10001"}, status
+        deadline = time.monotonic() + 10  # the log is written by a thread
+        while (log := run(["docker", "exec", name, "cat", "/tmp/logs/log.jsonl"], check=False)).returncode != 0:
+            assert time.monotonic() < deadline, log.stderr
+            time.sleep(0.2)
+        record = json.loads(log.stdout.splitlines()[-1])
+        assert record["id"] == r.json()["id"] and record["replica"] == "pod-a"
+    finally:
+        run(["docker", "rm", "--force", name], check=False)
+
+
+def test_init_keeps_the_hub_cache_on_a_named_volume(stack: Stack) -> None:
+    """HF_HOME is a named volume, writable by the user the entrypoint runs the download as."""
+    mounts = json.loads(run(["docker", "inspect", stack.container("init")]).stdout)[0]["Mounts"]
+    cache = [m for m in mounts if m["Destination"] == "/cache/huggingface"]
+    assert len(cache) == 1 and cache[0]["Type"] == "volume", mounts
+    assert cache[0]["Name"].endswith("hf-cache")
+    probe = 'touch "$HF_HOME/probe" && echo "$HF_HOME $(id -u)"'
+    out = stack("run", "--rm", "--no-deps", "init", "sh", "-c", probe).stdout.split()
+    assert out[0] == "/cache/huggingface" and out[1] != "0", out

@@ -167,6 +167,8 @@ class Runtime:
             "status": job.status,
             "finish_reason": job.finish_reason,
         }
+        if self.settings.replica:  # which replica served it, when several write logs
+            record["replica"] = self.settings.replica
         if self.settings.log_prompts:
             record["prompt"] = job.prompt
             record["response"] = job.text
