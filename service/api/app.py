@@ -14,7 +14,9 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__
 from service.api.errors import EXCEPTION_HANDLERS
+from service.api.docs_page import OPENAPI_RENDER
 from service.api.native import HANDLERS as NATIVE
+from service.api.openai import HANDLERS as OPENAI
 from service.api.ops import HANDLERS as OPS
 from service.config import Settings
 from service.runtime.runtime import Runtime
@@ -35,7 +37,8 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableScopeHeaders.from_message(message)["X-Request-ID"] = request_id
+                # read at send time: a route may give the request its API's id form (/v1: cmpl-...)
+                MutableScopeHeaders.from_message(message)["X-Request-ID"] = scope["state"]["request_id"]
             await send(message)
 
         await app(scope, receive, send_with_id)
@@ -58,11 +61,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await runtime.shutdown()
 
     return Litestar(
-        route_handlers=[*NATIVE, *OPS],
+        route_handlers=[*NATIVE, *OPS, *OPENAI, *OPENAPI_RENDER.handlers],
         lifespan=[lifespan],
         middleware=[request_id_middleware],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=1_048_576,
-        openapi_config=OpenAPIConfig(title="MiniVault", version=__version__),
+        openapi_config=OpenAPIConfig(title="MiniVault", version=__version__,
+                                     render_plugins=OPENAPI_RENDER.plugins),
         logging_config=None,
     )

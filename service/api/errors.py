@@ -13,6 +13,7 @@ from litestar.exceptions import (
 )
 
 from service.api.schemas import ErrorBody, ErrorDetail
+from service.api.schemas_openai import OpenAIErrorBody, OpenAIErrorDetail
 from service.errors import (
     ContextOverflow,
     GenerationFailed,
@@ -22,6 +23,7 @@ from service.errors import (
     QueueFull,
     ServiceError,
     ShuttingDown,
+    UnknownModel,
     UnknownToken,
 )
 
@@ -38,7 +40,30 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
     NotReady: (503, "model_not_ready"),
     ShuttingDown: (503, "shutting_down"),
     GenerationFailed: (500, "generation_failed"),
+    UnknownModel: (404, "model_not_found"),
 }
+
+# The /v1 family's table: OpenAI's statuses (the SDK maps each to an exception class) and error
+# types; the native type above becomes OpenAI's `code`. Errors not listed keep their status.
+OPENAI_PREFIX = "/v1"
+OPENAI_STATUS = {422: 400}  # an invalid request is a 400 on OpenAI's API
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                415: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+                503: "service_unavailable_error"}
+
+
+def is_openai(request: Request) -> bool:
+    """Whether a request belongs to the /v1 family (and so gets OpenAI's error shape)."""
+    path = request.scope.get("path", "")
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
+
+
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> tuple[int, OpenAIErrorBody]:
+    """(OpenAI status, OpenAI error body) for a native status and error type."""
+    status = OPENAI_STATUS.get(status, status)
+    type_ = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return status, OpenAIErrorBody(error=OpenAIErrorDetail(message=message, type=type_, param=param, code=code))
 
 
 def status_and_type(error: ServiceError) -> tuple[int, str]:
@@ -50,8 +75,11 @@ def status_and_type(error: ServiceError) -> tuple[int, str]:
 
 
 def _error_response(status: int, type_: str, message: str, field: str | None = None,
-                    retry_after: int | None = None) -> Response[ErrorBody]:
+                    retry_after: int | None = None, request: Request | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else None
+    if request is not None and is_openai(request):
+        status, body = openai_error(status, type_, message, field)
+        return Response(body, status_code=status, headers=headers)
     return Response(ErrorBody(error=ErrorDetail(type=type_, message=message, field=field)),
                     status_code=status, headers=headers)
 
@@ -74,12 +102,12 @@ def _field_of(exc: msgspec.ValidationError) -> tuple[str | None, str]:
     return path, rule
 
 
-def handle_service_error(request: Request, exc: ServiceError) -> Response[ErrorBody]:
+def handle_service_error(request: Request, exc: ServiceError) -> Response:
     status, type_ = status_and_type(exc)
-    return _error_response(status, type_, exc.message, exc.field, exc.retry_after)
+    return _error_response(status, type_, exc.message, exc.field, exc.retry_after, request)
 
 
-def handle_validation(request: Request, exc: ValidationException) -> Response[ErrorBody]:
+def handle_validation(request: Request, exc: ValidationException) -> Response:
     cause = exc.__cause__
     if isinstance(cause, msgspec.ValidationError):
         field, rule = _field_of(cause)
@@ -101,15 +129,15 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
     return False
 
 
-def handle_http(request: Request, exc: HTTPException) -> Response[ErrorBody]:
+def handle_http(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 400 and _caused_by_bad_json(exc):
         return handle_service_error(request, InvalidJSON(f"the body is not valid JSON: {exc.detail}"))
     type_ = _HTTP_TYPES.get(exc.status_code, "http_error")
-    return _error_response(exc.status_code, type_, str(exc.detail))
+    return _error_response(exc.status_code, type_, str(exc.detail), request=request)
 
 
-def handle_internal(request: Request, exc: Exception) -> Response[ErrorBody]:
-    return _error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+def handle_internal(request: Request, exc: Exception) -> Response:
+    return _error_response(500, "internal_error", f"internal error: {type(exc).__name__}", request=request)
 
 
 EXCEPTION_HANDLERS = {

@@ -7,7 +7,8 @@ import time
 from typing import Iterator
 
 from service.engine.base import Backend
-from service.engine.sampling import Sampler, SamplingParams
+from service.engine.sampling import Sampler, SamplingParams, TokenLogprob
+from service.engine.scoring import score_prompt
 from service.engine.textstream import TextStream
 from service.errors import ContextOverflow
 
@@ -22,7 +23,8 @@ class Generation:
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.params = params
-        self.sampler = Sampler(params)
+        self.sampler = Sampler(params, prompt_len=len(prompt_ids))
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # with params.prompt_logprobs
         self.cancel = cancel or threading.Event()
         self.deadline = deadline
         self.tokens: list[int] = []
@@ -46,7 +48,14 @@ class Generation:
     def __iter__(self) -> Iterator[str]:
         eng = self.engine
         n_past = 0
-        for start in range(0, len(self.prompt_ids), PROMPT_BATCH):
+        if self.params.prompt_logprobs is not None:  # scoring evaluates the prompt itself
+            self.prompt_logprobs, reason = score_prompt(eng, self.prompt_ids, self.params.prompt_logprobs,
+                                                        self._interrupted)
+            if reason:
+                self.finish_reason = reason
+                return
+            n_past = len(self.prompt_ids)
+        for start in range(n_past, len(self.prompt_ids), PROMPT_BATCH):
             if reason := self._interrupted():
                 self.finish_reason = reason
                 return

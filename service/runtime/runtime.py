@@ -21,7 +21,7 @@ from service.engine.base import Tokenizer
 from service.engine.ctransformers_backend import Engine
 from service.errors import NotReady
 from service.runtime.logbook import LogBook
-from service.runtime.scheduler import Job, Scheduler
+from service.runtime.scheduler import Job, JobGroup, Scheduler
 
 log = logging.getLogger("minivault")
 
@@ -139,6 +139,49 @@ class Runtime:
         record["timings"] = job.timings()
         if job.error:
             record["error"] = job.error
+        self.logbook.write(record)
+
+    def record_group(self, group: JobGroup, endpoint: str, params: dict[str, Any], extra: dict[str, Any],
+                     n: int = 1) -> None:
+        """Write the one log record of a request run as several jobs (its choices), when all have ended.
+
+        Jobs come prompt by prompt, `n` choices each; `params` are the request's parameters under
+        its API's names; `extra` adds fields (user, ...).
+        """
+        jobs = group.jobs
+        statuses = [j.status for j in jobs]
+        status = next((s for s in ("error", "timeout", "cancelled") if s in statuses), "ok")
+        record: dict[str, Any] = {
+            "id": group.id,
+            "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "endpoint": endpoint,
+            "model": self.model_name,
+            "status": status,
+            "finish_reason": jobs[0].finish_reason if len(jobs) == 1 else None,
+        }
+        if self.settings.log_prompts:
+            prompts = [j.prompt for j in jobs[::n]]  # the n choices of a prompt share it
+            record["prompt"] = prompts[0] if len(prompts) == 1 else prompts
+        record["params"] = params
+        record["choices"] = [
+            {"index": i, "status": j.status, "finish_reason": j.finish_reason, "completion_tokens": j.completion_tokens,
+             "seed": j.generation.sampler.seed if j.generation else j.params.seed}
+            | ({"text": j.text} if self.settings.log_prompts else {}) | ({"error": j.error} if j.error else {})
+            for i, j in enumerate(jobs)
+        ]
+        prompt_tokens = sum(len(j.prompt_ids) for j in jobs[::n])  # the n choices of a prompt share it
+        completion_tokens = sum(j.completion_tokens for j in jobs)
+        record["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens}
+        timings = [j.timings() for j in jobs]
+        firsts = [t["first_token_ms"] for t in timings if t["first_token_ms"] is not None]
+        record["timings"] = {"queue_ms": max(t["queue_ms"] for t in timings),  # type: ignore[type-var]
+                             "first_token_ms": min(firsts) if firsts else None,
+                             "total_ms": max(t["total_ms"] for t in timings)}  # type: ignore[type-var]
+        record |= extra
+        errors = [j.error for j in jobs if j.error]
+        if errors:
+            record["error"] = errors[0]
         self.logbook.write(record)
 
 
