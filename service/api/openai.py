@@ -14,7 +14,7 @@ import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, FromPath
 from litestar.response import Response, Stream
 
 from service.api import sse
@@ -314,7 +314,7 @@ def list_models(state: State) -> ModelList:
 
 
 @get("/v1/models/{model_id:str}", summary="One model (OpenAI's model object)", sync_to_thread=False, **MODEL_DOCS)
-def retrieve_model(model_id: str, state: State) -> Model:
+def retrieve_model(model_id: FromPath[str], state: State) -> Model:
     """The model with this id; 404 names the models available."""
     runtime = runtime_of(state)
     lookup_model(runtime, model_id)
