@@ -51,7 +51,7 @@ from service.api.schemas_openai import (
     Model,
     ModelList,
 )
-from service.errors import GenerationFailed
+from service.errors import ContextOverflow, GenerationFailed
 from service.runtime.runtime import Runtime
 from service.runtime.scheduler import Job, JobGroup
 
@@ -96,7 +96,11 @@ async def _admit(runtime: Runtime, request: Request, data: Any, prompts: Callabl
     def on_finish(group: JobGroup) -> None:
         runtime.record_group(group, request.url.path, params, extra, n=data.n)
 
-    return rid, scheduler.admit_group(request.url.path, items, rid, on_finish)
+    try:
+        return rid, scheduler.admit_group(request.url.path, items, rid, on_finish)
+    except ContextOverflow as exc:  # say it with this API's field name
+        field = "max_tokens" if exc.field == "max_new_tokens" else exc.field
+        raise ContextOverflow(exc.message.replace("max_new_tokens", "max_tokens"), field=field) from None
 
 
 async def _wait(request: Request, group: JobGroup) -> None:
