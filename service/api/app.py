@@ -17,6 +17,7 @@ from service.api.errors import EXCEPTION_HANDLERS
 from service.api.docs_page import OPENAPI_RENDER
 from service.api.native import HANDLERS as NATIVE
 from service.api.openai import HANDLERS as OPENAI
+from service.api.openai_docs import exact_schemas
 from service.api.ops import HANDLERS as OPS
 from service.config import Settings
 from service.runtime.runtime import Runtime
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await runtime.shutdown()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[*NATIVE, *OPS, *OPENAI, *OPENAPI_RENDER.handlers],
         lifespan=[lifespan],
         middleware=[request_id_middleware],
@@ -70,3 +71,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
                                      render_plugins=OPENAPI_RENDER.plugins),
         logging_config=None,
     )
+    exact_schemas(app)
+    return app

@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, Operation, Schema
+from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, Operation, Schema
 from litestar.openapi.spec.enums import OpenAPIType
 
+from service.api import schemas, schemas_openai
 from service.api.schemas import ErrorBody
 from service.api.schemas_openai import ChatCompletion, Completion, OpenAIErrorBody
 
@@ -74,3 +78,32 @@ NATIVE_STREAM_DOCS = {
     "responses": _errors(ErrorBody, _NATIVE_ERRORS),
     "operation_class": _operation_with({"text/plain": _TEXT, "text/event-stream": _EVENTS}, only=True),
 }
+
+
+def _structs() -> list[type]:
+    return [obj for module in (schemas, schemas_openai) for obj in vars(module).values()
+            if isinstance(obj, type) and issubclass(obj, msgspec.Struct) and obj.__module__ == module.__name__]
+
+
+class _ExactOpenAPIPlugin(OpenAPIPlugin):
+    """Litestar's OpenAPI plugin, then each of MiniVault's components replaced by msgspec's schema."""
+
+    __slots__ = ()
+
+    def _build_openapi(self) -> OpenAPI:
+        openapi = super()._build_openapi()
+        _, components = msgspec.json.schema_components(_structs(), ref_template="#/components/schemas/{name}")
+        mine = openapi.components.schemas
+        for name, schema in components.items():  # all of them: msgspec's $refs name its own components
+            mine[name] = schema  # type: ignore[assignment] - a plain JSON Schema dict serialises as is
+        return openapi
+
+
+def exact_schemas(app: Litestar) -> None:
+    """Document every body with msgspec's own JSON Schema of it.
+
+    Litestar's generator drops limits inside unions and lists (each `stop` string's 1-256 length,
+    a token id's range, `seed`'s minimum); msgspec knows them all, so its schema replaces each
+    component Litestar made for one of MiniVault's Structs.
+    """
+    app.plugins.get(OpenAPIPlugin).__class__ = _ExactOpenAPIPlugin  # the same object, one method changed
