@@ -13,6 +13,7 @@ from service.api.schemas_openai import (
     ChatRequest,
     ChatTokenLogprob,
     CompletionRequest,
+    MAX_PROMPTS,
     LegacyLogprobs,
     TopLogprob,
 )
@@ -55,6 +56,9 @@ def completion_prompts(scheduler: Scheduler, prompt: str | list[Any]) -> list[tu
         prompts = list(prompt)
     else:
         raise InvalidRequest("prompt: a list must hold only strings, only token ids, or only token-id lists",
+                             field="prompt")
+    if len(prompts) > MAX_PROMPTS:
+        raise InvalidRequest(f"prompt: at most {MAX_PROMPTS} prompts in one request, got {len(prompts)}",
                              field="prompt")
     out = []
     eos = scheduler.engine.eos_id

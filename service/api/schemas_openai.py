@@ -21,8 +21,8 @@ CompletionPrompt = (
     PromptText
     | Annotated[
         list[PromptText | TokenId | TokenIds],
-        Meta(min_length=1, max_length=MAX_PROMPTS, description=(
-            "A string, a list of strings, a list of token ids, or a list of token-id lists "
+        Meta(min_length=1, max_length=MAX_CONTEXT, description=(
+            f"A string, a list of strings, a list of token ids (up to {MAX_CONTEXT}), or a list of token-id lists "
             f"(at most {MAX_PROMPTS} prompts); each prompt gives `n` choices.")),
     ]
 )

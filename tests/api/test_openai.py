@@ -62,6 +62,12 @@ def test_seeds_repeat_and_token_ids_equal_the_text(server, client):
     c = client.completions.create(model=M, prompt=ids, **kw).choices[0].text
     d = client.completions.create(model=M, prompt=[ids], **kw).choices[0].text
     assert a == b == c == d
+    long_ids = httpx.post(server.url + "/tokenize", json={"text": " word" * 40}).json()["tokens"]
+    assert len(long_ids) == 40  # a flat list of token ids is one prompt, not 40
+    long = client.completions.create(model=M, prompt=long_ids, max_tokens=2, echo=True)
+    assert long.choices[0].text.startswith(" word" * 40) and long.usage.prompt_tokens == 40
+    with pytest.raises(openai.BadRequestError, match="at most 16 prompts"):
+        client.completions.create(model=M, prompt=["x"] * 17, max_tokens=1)
 
 
 def test_n_and_several_prompts_give_one_choice_each_and_one_record(server, client):
@@ -265,3 +271,36 @@ def test_queue_full_is_a_rate_limit_error_with_retry_after(start_server, long_mo
     time.sleep(0.1)
     assert httpx.get(server.url + "/health").json()["busy"] == 0
     assert client.completions.create(model="long", prompt="x", max_tokens=2, n=2).usage.completion_tokens == 4
+
+
+def test_chat_logprobs_and_logit_bias(server, client):
+    forced = httpx.post(server.url + "/detokenize", json={"tokens": [1000]}).json()["text"]
+    r = client.completions.create(model=M, prompt="Hello", max_tokens=3, logit_bias={"1000": 100}, logprobs=0)
+    assert r.choices[0].logprobs.tokens == [forced] * 3 and r.choices[0].text == forced * 3
+    c = client.chat.completions.create(model=M, messages=[{"role": "user", "content": "Hi"}], max_tokens=4,
+                                       logprobs=True, top_logprobs=2, seed=1)
+    content = c.choices[0].logprobs.content
+    assert len(content) == c.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
+    assert all(t.logprob <= 0 and bytes(t.bytes).decode("utf-8", "replace") == t.token for t in content)
+
+
+EXTREME_BODIES = [
+    {"temperature": 1e-300}, {"temperature": 2.0}, {"top_p": 1e-300}, {"top_p": 1.0}, {"top_k": 1},
+    {"top_k": 1_000_000}, {"repetition_penalty": 1e-300}, {"repetition_penalty": 10.0},
+    {"presence_penalty": -2.0}, {"presence_penalty": 2.0}, {"frequency_penalty": -2.0}, {"frequency_penalty": 2.0},
+    {"logit_bias": {"0": -100, "1": 100}}, {"seed": 0}, {"seed": 2**63 - 1}, {"logprobs": 5, "echo": True},
+    {"temperature": 1e-300, "top_p": 1e-300, "repetition_penalty": 1e-300, "frequency_penalty": 2.0, "logprobs": 5},
+]
+
+
+@pytest.mark.parametrize("extra", EXTREME_BODIES, ids=lambda b: ",".join(b))
+def test_extreme_sampling_values_are_answered_over_http(server, extra):
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "Hello", "max_tokens": 4} | extra, timeout=30)
+    assert r.status_code == 200, r.text
+    lp = r.json()["choices"][0]["logprobs"]
+    if lp:
+        assert all(x is None or -9999.0 <= x <= 0 for x in lp["token_logprobs"])
+    native = {k: v for k, v in extra.items() if k in ("temperature", "top_p", "top_k", "repetition_penalty", "seed")}
+    if native:
+        r = httpx.post(server.url + "/generate", json={"prompt": "Hello", "max_new_tokens": 4} | native, timeout=30)
+        assert r.status_code == 200, r.text
