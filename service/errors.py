@@ -29,6 +29,10 @@ class UnknownToken(ServiceError):
     """A token id outside the vocabulary."""
 
 
+class UnknownModel(ServiceError):
+    """A request named a model that is not served."""
+
+
 class QueueFull(ServiceError):
     """Every worker is busy and the wait queue is full."""
 

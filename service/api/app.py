@@ -10,10 +10,13 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 
 from service import __version__
+from service.api.docs_page import OPENAPI_RENDER
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.limits import request_limit
 from service.api.metering import metering_middleware
 from service.api.native import HANDLERS as NATIVE
+from service.api.openai import HANDLERS as OPENAI
+from service.api.openai_docs import exact_schemas
 from service.api.ops import HANDLERS as OPS
 from service.api.request_id import add_request_id
 from service.api.security import allowed_hosts, cors_config, guard, load_keyring
@@ -38,9 +41,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await runtime.shutdown()
 
-    return Litestar(
+    app = Litestar(
         state=State({"runtime": runtime, "settings": settings, "keyring": keyring}),
-        route_handlers=[*NATIVE, *OPS],
+        route_handlers=[*NATIVE, *OPS, *OPENAI, *OPENAPI_RENDER.handlers],
         lifespan=[lifespan],
         # the Host check (Litestar's allowed-hosts middleware, on the name) before anything is counted
         middleware=[allowed_hosts(settings), metering_middleware,
@@ -51,6 +54,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         before_request=strict_body,
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=1_048_576,
-        openapi_config=OpenAPIConfig(title="MiniVault", version=__version__),
+        openapi_config=OpenAPIConfig(title="MiniVault", version=__version__,
+                                     render_plugins=OPENAPI_RENDER.plugins),
         logging_config=None,
     )
+    exact_schemas(app)
+    return app

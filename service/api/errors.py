@@ -10,8 +10,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 
-from service.api.families import error_body
-from service.api.schemas import ErrorBody
+from service.api.families import error_for
 from service.api.security import WWW_AUTHENTICATE, authenticate, is_public
 from service.api.strict import invalid_request
 from service.errors import (
@@ -25,6 +24,7 @@ from service.errors import (
     ServiceError,
     ShuttingDown,
     Unauthorized,
+    UnknownModel,
     UnknownToken,
     UnsupportedMediaType,
 )
@@ -45,8 +45,8 @@ ERROR_TABLE: dict[type[ServiceError], tuple[int, str]] = {
     InvalidHost: (400, "invalid_host"),
     Unauthorized: (401, "unauthorized"),
     UnsupportedMediaType: (415, "unsupported_media_type"),
+    UnknownModel: (404, "model_not_found"),
 }
-
 
 def status_and_type(error: ServiceError) -> tuple[int, str]:
     """The (status, type) row for an error, walking up its classes."""
@@ -57,20 +57,20 @@ def status_and_type(error: ServiceError) -> tuple[int, str]:
 
 
 def _error_response(request: Request, status: int, type_: str, message: str, field: str | None = None,
-                    retry_after: int | None = None) -> Response[ErrorBody]:
+                    retry_after: int | None = None) -> Response:
     headers = {"Retry-After": str(retry_after)} if retry_after else {}
     if status == 401:
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    return Response(error_body(request.url.path, status, type_, message, field),  # type: ignore[arg-type]
-                    status_code=status, headers=headers or None)
+    status, body = error_for(request.url.path, status, type_, message, field)
+    return Response(body, status_code=status, headers=headers or None)
 
 
-def handle_service_error(request: Request, exc: ServiceError) -> Response[ErrorBody]:
+def handle_service_error(request: Request, exc: ServiceError) -> Response:
     status, type_ = status_and_type(exc)
     return _error_response(request, status, type_, exc.message, exc.field, exc.retry_after)
 
 
-def handle_validation(request: Request, exc: ValidationException) -> Response[ErrorBody]:
+def handle_validation(request: Request, exc: ValidationException) -> Response:
     cause = exc.__cause__
     if isinstance(cause, msgspec.ValidationError):
         error: ServiceError = invalid_request(cause)
@@ -91,7 +91,7 @@ def _caused_by_bad_json(exc: BaseException) -> bool:
     return False
 
 
-def handle_http(request: Request, exc: HTTPException) -> Response[ErrorBody]:
+def handle_http(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 400 and _caused_by_bad_json(exc):
         return handle_service_error(request, InvalidJSON(f"the body is not valid JSON: {exc.detail}"))
     if exc.status_code in (404, 405) and not is_public(request, None):
@@ -103,7 +103,7 @@ def handle_http(request: Request, exc: HTTPException) -> Response[ErrorBody]:
     return _error_response(request, exc.status_code, type_, str(exc.detail))
 
 
-def handle_internal(request: Request, exc: Exception) -> Response[ErrorBody]:
+def handle_internal(request: Request, exc: Exception) -> Response:
     return _error_response(request, 500, "internal_error", f"internal error: {type(exc).__name__}")
 
 

@@ -1,51 +1,43 @@
-"""Which error body a path gets: OpenAI's shape under /v1, the native shape everywhere else.
+"""Which error body a path gets: OpenAI's shape and statuses under /v1, the native shape elsewhere.
 
-Issue 9's OpenAI error table replaces `openai_body` (the /v1 row of FAMILIES) when it lands.
+One place decides it for every error MiniVault sends: the exception handlers, the concurrent-request
+limit and the stream's error events all build their bodies here.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import msgspec
 
 from service.api.schemas import ErrorBody, ErrorDetail
+from service.api.schemas_openai import OpenAIErrorBody, OpenAIErrorDetail
 
-
-class OpenAIErrorDetail(msgspec.Struct, kw_only=True):
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIErrorBody(msgspec.Struct, kw_only=True):
-    error: OpenAIErrorDetail
-
-
+OPENAI_PREFIX = "/v1"
+# The /v1 family's table: OpenAI's statuses (the SDK maps each to an exception class) and error
+# types; the native type becomes OpenAI's `code`. Errors not listed keep their status.
+OPENAI_STATUS = {422: 400}  # an invalid request is a 400 on OpenAI's API
+OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                415: "invalid_request_error", 429: "rate_limit_error", 500: "server_error",
+                503: "service_unavailable_error"}
 # native error type -> OpenAI's `code` where OpenAI has a name of its own for it
-_OPENAI_CODES = {"unauthorized": "invalid_api_key"}
+OPENAI_CODES = {"unauthorized": "invalid_api_key"}
 
 
-def native_body(status: int, type_: str, message: str, field: str | None) -> ErrorBody:
-    """`{"error": {"type", "message", "field"}}`."""
-    return ErrorBody(error=ErrorDetail(type=type_, message=message, field=field))
+def is_openai_path(path: str) -> bool:
+    """Whether a path belongs to the /v1 family."""
+    return path == OPENAI_PREFIX or path.startswith(OPENAI_PREFIX + "/")
 
 
-def openai_body(status: int, type_: str, message: str, field: str | None) -> OpenAIErrorBody:
-    """`{"error": {"message", "type", "param", "code"}}`, as the OpenAI API and its SDKs expect."""
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return OpenAIErrorBody(error=OpenAIErrorDetail(message=message, type=kind, param=field,
-                                                   code=_OPENAI_CODES.get(type_, type_)))
+def openai_error(status: int, code: str, message: str, param: str | None = None) -> tuple[int, OpenAIErrorBody]:
+    """(OpenAI status, OpenAI error body) for a native status and error type."""
+    status = OPENAI_STATUS.get(status, status)
+    type_ = OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    detail = OpenAIErrorDetail(message=message, type=type_, param=param, code=OPENAI_CODES.get(code, code))
+    return status, OpenAIErrorBody(error=detail)
 
 
-# path prefix -> body builder; the first match wins, the native shape is the fallback
-FAMILIES: list[tuple[str, Callable[[int, str, str, str | None], msgspec.Struct]]] = [("/v1", openai_body)]
-
-
-def error_body(path: str, status: int, type_: str, message: str, field: str | None) -> msgspec.Struct:
-    """The error body for a request to `path`, in its API family's shape."""
-    for prefix, build in FAMILIES:
-        if path == prefix or path.startswith(prefix + "/"):
-            return build(status, type_, message, field)
-    return native_body(status, type_, message, field)
+def error_for(path: str, status: int, type_: str, message: str, field: str | None) -> tuple[int, msgspec.Struct]:
+    """(status, body) of an error for a request to `path`, in its API family's shape."""
+    if is_openai_path(path):
+        return openai_error(status, type_, message, field)
+    return status, ErrorBody(error=ErrorDetail(type=type_, message=message, field=field))

@@ -15,10 +15,14 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body
 from litestar.response import Stream
 
+from service.api import sse
+from service.api.openai_docs import NATIVE_DOCS, NATIVE_STREAM_DOCS
 from service.api.request_id import request_id
 from service.api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
+    ErrorBody,
+    ErrorDetail,
     GenerateRequest,
     GenerateResponse,
     Timings,
@@ -68,7 +72,7 @@ async def _client_gone(request: Request) -> None:
             return
 
 
-@post("/generate", status_code=200, summary="Generate a completion and return it whole")
+@post("/generate", status_code=200, summary="Generate a completion and return it whole", **NATIVE_DOCS)
 async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> GenerateResponse:
     """Generate text for a prompt; the response carries usage and timings."""
     runtime = runtime_of(state)
@@ -102,19 +106,48 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
 
 async def _plain_pieces(runtime: Runtime, job: Job) -> AsyncIterator[str]:
     """The job's text; a failure or a shutdown cut ends the stream without its final chunk."""
-    async for piece in runtime.scheduler.pieces(job):
-        yield piece
-    if job.error is not None:
-        raise StreamAborted(f"generation failed: {job.error}")
+    try:
+        async for piece in runtime.scheduler.pieces(job):
+            yield piece
+    except GenerationFailed as exc:
+        raise StreamAborted(f"generation failed: {exc.message}") from None
     if job.shut_down:
         raise StreamAborted("cancelled: the drain's grace period ran out")
 
 
-@post("/generate/stream", status_code=200, summary="Stream a completion as plain text, token by token")
+async def _events(runtime: Runtime, job: Job) -> AsyncIterator[bytes]:
+    """The native stream as SSE: a `{"text"}` event per piece, then `event: done` (or `event: error`)."""
+    try:
+        async for piece in runtime.scheduler.pieces(job):
+            yield sse.event({"text": piece})
+    except GenerationFailed as exc:
+        detail = ErrorDetail(type="generation_failed", message=f"generation failed: {exc.message}")
+        yield sse.event(ErrorBody(error=detail), name="error")
+        return
+    if job.shut_down:
+        detail = ErrorDetail(type="shutting_down", message="the server shut down before the generation finished")
+        yield sse.event(ErrorBody(error=detail), name="error")
+        return
+    yield sse.event({
+        "id": job.id, "finish_reason": job.finish_reason,
+        "usage": Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens),
+        "timings": Timings(**job.timings()),
+    }, name="done")
+
+
+@post("/generate/stream", status_code=200, summary="Stream a completion token by token: plain text, or SSE",
+      **NATIVE_STREAM_DOCS)
 async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JSON], state: State) -> Stream:
-    """Stream each token's text as it is produced (text/plain, chunked)."""
+    """Stream each token's text as it is produced: text/plain, chunked; with `Accept: text/event-stream`,
+    Server-Sent Events ending with a `done` event (finish_reason, usage, timings) or an `error` event.
+
+    A plain-text stream whose generation fails after the headers are out is ended abnormally (no
+    final chunk), so that clients report an error instead of a short text.
+    """
     runtime = runtime_of(state)
     job = await _admit(runtime, request, data)
+    if sse.wants_sse(request):
+        return Stream(_events(runtime, job), media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
     return Stream(
         _plain_pieces(runtime, job),
         media_type="text/plain",
@@ -122,7 +155,7 @@ async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JS
     )
 
 
-@post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them")
+@post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them", **NATIVE_DOCS)
 async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> TokenizeResponse:
     """Tokenize with the same tokenizer the engine uses."""
     scheduler = runtime_of(state).ready()
@@ -130,7 +163,7 @@ async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> Tok
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
 
-@post("/detokenize", status_code=200, summary="Text of a list of token ids")
+@post("/detokenize", status_code=200, summary="Text of a list of token ids", **NATIVE_DOCS)
 async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) -> DetokenizeResponse:
     """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
     scheduler = runtime_of(state).ready()

@@ -8,7 +8,8 @@ from typing import Iterator
 
 from service.engine.base import Backend
 from service.engine.prefix import LastPrompt, held, last_prompt, reusable
-from service.engine.sampling import Sampler, SamplingParams
+from service.engine.sampling import Sampler, SamplingParams, TokenLogprob
+from service.engine.scoring import score_prompt
 from service.engine.textstream import TextStream
 from service.errors import ContextOverflow
 
@@ -26,7 +27,8 @@ class Generation:
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.params = params
-        self.sampler = Sampler(params)
+        self.sampler = Sampler(params, prompt_len=len(prompt_ids))
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None  # with params.prompt_logprobs
         self.cancel = cancel or threading.Event()
         self.deadline = deadline
         self.tokens: list[int] = []
@@ -35,6 +37,7 @@ class Generation:
         self.last_token_at: float | None = None
         self.started_at = time.monotonic()
         self.prompt_done_at: float | None = None  # the prompt's logits are ready
+        cache_prompt = cache_prompt and params.prompt_logprobs is None  # scoring evaluates every position
         self._again = last_prompt(engine, prompt_ids) if cache_prompt else None  # the very same prompt
         self.cached_tokens = reusable(held(engine), prompt_ids, PROMPT_BATCH) if cache_prompt else 0
         self.prompt_evaluated = 0  # prompt tokens evaluated so far (past the cached ones)
@@ -80,6 +83,14 @@ class Generation:
         n_past = len(self.prompt_ids) if self._again is not None else len(self._held)
         if self._again is None:
             eng.last_prompt = None  # its KV state is about to be overwritten
+        scored = self.params.prompt_logprobs is not None
+        if scored:  # scoring evaluates the prompt itself, position by position (reuse is off for it)
+            self.prompt_logprobs, reason = score_prompt(eng, self.prompt_ids, self.params.prompt_logprobs,
+                                                        self._interrupted)
+            if reason:
+                self.finish_reason = reason
+                return
+            n_past = self.prompt_evaluated = len(self.prompt_ids)
         for start in range(n_past, len(self.prompt_ids), PROMPT_BATCH):
             if reason := self._interrupted():
                 self.finish_reason = reason
@@ -94,7 +105,8 @@ class Generation:
             logits = self._again.logits.copy()  # a copy: the sampler may work in place
         else:
             logits = eng.logits()
-            eng.last_prompt = LastPrompt(self.prompt_ids, logits.copy())
+            # one token per call computes other bits than batches do: such logits are not offered again
+            eng.last_prompt = None if scored else LastPrompt(self.prompt_ids, logits.copy())
         self.prompt_done_at = time.monotonic()
         history = list(self.prompt_ids)
         for _ in range(self.params.max_new_tokens):

@@ -12,21 +12,40 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 import secrets
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from service.fileio import install, write_atomic
-from service.formats.convert import MODEL_FILE, TOKENIZER_FILE, _check_destination, _ggml_vocab
+from service.formats.convert import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    _check_destination,
+    _ggml_vocab,
+)
 from service.formats.ggml import quant
-from service.formats.ggml.format import FTYPES, HParams, gpt2_tensor_shapes, is_matrix, tensor_type, write_gpt2_blocks
+from service.formats.ggml.format import (
+    FTYPES,
+    HParams,
+    gpt2_tensor_shapes,
+    is_matrix,
+    tensor_type,
+    write_gpt2_blocks,
+)
 from service.formats.gguf import GGUFFile, GGUFTensor, read_gguf, tensor_bytes
 from service.formats.manifest import HParams as ManifestHParams
-from service.formats.manifest import Manifest, Requantised, Source, file_sha256, utc_now, write_manifest
+from service.formats.manifest import (
+    Manifest,
+    Requantised,
+    Source,
+    file_sha256,
+    utc_now,
+    write_manifest,
+)
 from service.tokenizer.bpe import GPT2Tokenizer, TokenizerFormatError, json_bytes
 
 COPIED = tuple(FTYPES)  # the types ctransformers' gpt2 loader accepts, copied as they are

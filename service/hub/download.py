@@ -45,6 +45,7 @@ from service.hub.client import (
     names_commit,
     remote_listing,
 )
+from service.hub.importer import report_gguf
 from service.hub.store import (
     ModelEntry,
     copy_hashed,
@@ -52,7 +53,6 @@ from service.hub.store import (
     list_models,
     work_folder,
 )
-from service.hub.importer import report_gguf
 from service.tokenizer.files import tokenizer_json_bytes
 
 __all__ = ["DEFAULT_QUANT", "DEFAULT_REPO", "HubError", "ModelEntry", "download", "list_models"]

@@ -21,7 +21,15 @@ from service.formats import convert
 from service.formats.ggml.format import FTYPES, MAGIC, read_gpt2
 from service.formats.gguf import MAGIC as GGUF_MAGIC
 from service.formats.gguf_convert import convert_gguf
-from service.formats.manifest import HParams, Manifest, Source, read_manifest, utc_now, verify, write_manifest
+from service.formats.manifest import (
+    HParams,
+    Manifest,
+    Source,
+    read_manifest,
+    utc_now,
+    verify,
+    write_manifest,
+)
 from service.hub.store import copy_hashed, human_size, work_folder
 from service.tokenizer.files import tokenizer_json_bytes
 

@@ -26,7 +26,7 @@ from service.errors import NotReady
 from service.runtime.logbook import LogBook
 from service.runtime.logdb import LogDB
 from service.runtime.metrics import Load, Metrics
-from service.runtime.scheduler import Job, Scheduler
+from service.runtime.scheduler import Job, JobGroup, Scheduler
 
 log = logging.getLogger("minivault")
 
@@ -156,19 +156,7 @@ class Runtime:
         """Write the one log record of a finished job."""
         p = job.params
         gen = job.generation
-        record: dict[str, Any] = {
-            "id": job.id,
-            "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "endpoint": job.endpoint,
-            "model": self.model_name,
-            "model_sha256": self.model_sha256,
-            "engine": ENGINE_NAME,
-            "version": __version__,
-            "status": job.status,
-            "finish_reason": job.finish_reason,
-        }
-        if self.settings.replica:  # which replica served it, when several write logs
-            record["replica"] = self.settings.replica
+        record = self._header(job.id, job.endpoint, job.status, job.finish_reason)
         if self.settings.log_prompts:
             record["prompt"] = job.prompt
             record["response"] = job.text
@@ -188,6 +176,65 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.observe_job(job)
 
+    def record_group(self, group: JobGroup, endpoint: str, params: dict[str, Any], extra: dict[str, Any],
+                     n: int = 1) -> None:
+        """Write the one log record of a request run as several jobs (its choices), when all have ended.
+
+        Jobs come prompt by prompt, `n` choices each; `params` are the request's parameters under
+        its API's names; `extra` adds fields (user, ...).
+        """
+        jobs = group.jobs
+        statuses = [j.status for j in jobs]
+        status = next((s for s in ("error", "timeout", "cancelled") if s in statuses), "ok")
+        record = self._header(group.id, endpoint, status, jobs[0].finish_reason if len(jobs) == 1 else None)
+        if self.settings.log_prompts:
+            prompts = [j.prompt for j in jobs[::n]]  # the n choices of a prompt share it
+            record["prompt"] = prompts[0] if len(prompts) == 1 else prompts
+        record["params"] = params
+        record["choices"] = [
+            {"index": i, "status": j.status, "finish_reason": j.finish_reason, "completion_tokens": j.completion_tokens,
+             "seed": j.generation.sampler.seed if j.generation else j.params.seed}
+            | ({"text": j.text} if self.settings.log_prompts else {}) | ({"error": j.error} if j.error else {})
+            for i, j in enumerate(jobs)
+        ]
+        prompt_tokens = sum(len(j.prompt_ids) for j in jobs[::n])  # the n choices of a prompt share it
+        completion_tokens = sum(j.completion_tokens for j in jobs)
+        record["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                           "total_tokens": prompt_tokens + completion_tokens,
+                           "cached_tokens": sum(j.cached_tokens for j in jobs)}
+        timings = [j.timings() for j in jobs]
+        firsts = [t["first_token_ms"] for t in timings if t["first_token_ms"] is not None]
+        record["timings"] = {"queue_ms": max(t["queue_ms"] for t in timings),  # type: ignore[type-var]
+                             "first_token_ms": min(firsts) if firsts else None,
+                             "total_ms": max(t["total_ms"] for t in timings)}  # type: ignore[type-var]
+        record |= extra
+        errors = [j.error for j in jobs if j.error]
+        if errors:
+            record["error"] = errors[0]
+        if jobs[0].key_id:
+            record["key_id"] = jobs[0].key_id
+        self.logbook.write(record)
+        if self.metrics is not None:
+            for job in jobs:
+                self.metrics.observe_job(job)
+
+    def _header(self, id_: str, endpoint: str, status: str, finish_reason: str | None) -> dict[str, Any]:
+        """The fields every log record starts with: what ran, on which model and engine, how it ended."""
+        record: dict[str, Any] = {
+            "id": id_,
+            "ts": dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "endpoint": endpoint,
+            "model": self.model_name,
+            "model_sha256": self.model_sha256,
+            "engine": ENGINE_NAME,
+            "version": __version__,
+            "status": status,
+            "finish_reason": finish_reason,
+        }
+        if self.settings.replica:  # which replica served it, when several write logs
+            record["replica"] = self.settings.replica
+        return record
+
     def _load_state(self) -> Load:
         """What the load gauges show at scrape time."""
         s = self.scheduler
@@ -205,7 +252,6 @@ def model_sha256(model_path: Path, manifest: dict[str, Any] | None) -> str:
     from service.formats.manifest import file_sha256
 
     return file_sha256(model_path)
-
 
 def _model_name(path: Path) -> str:
     """models/<name>/model.bin -> <name>; a bare file -> its stem."""

@@ -52,6 +52,7 @@ class Job:
         self.pieces = Pieces()
         self.done = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.group: JobGroup | None = None  # set when the job is one choice of a multi-job request
 
     @property
     def text(self) -> str:
@@ -97,6 +98,32 @@ class Job:
         self.cancel.set()
         if self.started_at is None and self._task is not None:
             self._task.cancel()
+
+
+class JobGroup:
+    """The jobs of one request with several choices: admitted together, logged once when all end."""
+
+    def __init__(self, request_id: str, on_finish: Callable[["JobGroup"], None]) -> None:
+        self.id = request_id
+        self.jobs: list[Job] = []
+        self.admitted_at = time.monotonic()
+        self._on_finish = on_finish
+        self._left = 0
+
+    def abort(self) -> None:
+        """The client went away: stop every job of the group."""
+        for job in self.jobs:
+            job.abort()
+
+    async def wait(self) -> None:
+        """Until every job has ended."""
+        for job in self.jobs:
+            await job.done.wait()
+
+    def _job_done(self) -> None:
+        self._left -= 1
+        if self._left == 0:
+            self._on_finish(self)
 
 
 class Scheduler:
@@ -167,11 +194,41 @@ class Scheduler:
         job._task = asyncio.get_running_loop().create_task(self._run(job))
         return job
 
+    def admit_group(self, endpoint: str, items: Sequence[tuple[str, list[int], SamplingParams]],
+                    request_id: str, on_finish: Callable[[JobGroup], None], key_id: str | None = None) -> JobGroup:
+        """Admit every (prompt, ids, params) as its own job, or none of them; `on_finish` runs once,
+        when the last has ended (instead of each job's own log record)."""
+        self.check_capacity()
+        free = self.workers + self.max_queue - len(self._jobs)
+        if len(items) > free:
+            raise QueueFull(
+                f"this request needs {len(items)} jobs but only {free} of {self.workers + self.max_queue} "
+                "worker and queue places are free; retry later or ask for fewer choices",
+                retry_after=1,
+            )
+        for _, prompt_ids, params in items:
+            if not prompt_ids:
+                raise InvalidRequest("the prompt has no tokens", field="prompt")
+            self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
+        group = JobGroup(request_id, on_finish)
+        group._left = len(items)
+        loop = asyncio.get_running_loop()
+        for i, (prompt, prompt_ids, params) in enumerate(items):
+            job = Job(endpoint, prompt, prompt_ids, params, f"{request_id}-{i}", key_id)
+            job.group = group
+            group.jobs.append(job)
+            self._jobs.add(job)
+        for job in group.jobs:
+            job._task = loop.create_task(self._run(job))
+        return group
+
     async def pieces(self, job: Job) -> AsyncIterator[str]:
         """Text pieces of a job as they are produced; aborts the job if the consumer stops."""
         try:
             while (chunk := await job.pieces.get()) is not None:
                 yield chunk
+            if job.error is not None:  # end the response abnormally: a failure must not look done
+                raise GenerationFailed(job.error)
         finally:
             if not job.done.is_set():
                 job.abort()
@@ -255,7 +312,10 @@ class Scheduler:
             job.pieces.close()
             self._jobs.discard(job)
             job.done.set()
-            self._on_finish(job)
+            if job.group is not None:
+                job.group._job_done()
+            else:
+                self._on_finish(job)
 
     @staticmethod
     def _pump(gen: Generation, out: Pieces, loop: asyncio.AbstractEventLoop) -> None:
@@ -266,4 +326,4 @@ class Scheduler:
         except ServiceError:
             raise
         except Exception as exc:
-            raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
+            raise GenerationFailed(f"{type(exc).__name__}: {exc}") from exc  # the reason; callers add context

@@ -14,14 +14,26 @@ import numpy as np
 import pytest
 
 from service.formats.ggml import kquant, quant
-from service.formats.ggml.format import HParams, is_matrix, read_gpt2, read_tensor, write_gpt2
+from service.formats.ggml.format import (
+    HParams,
+    is_matrix,
+    read_gpt2,
+    read_tensor,
+    write_gpt2,
+)
 from service.formats.gguf import read_gguf
 from service.formats.gguf_convert import convert_gguf
 from service.formats.manifest import file_sha256, read_manifest
 from service.tokenizer.bpe import GPT2Tokenizer, json_bytes
 from service.tokenizer.files import build_tokenizer_json
 from tests.fixtures.gpt2_vocab import reference_tokenizer, write_vocab_merges
-from tests.support.gguf_models import gguf_name, gpt2_hparams, gpt2_vocab_bytes, weights, write_gguf
+from tests.support.gguf_models import (
+    gguf_name,
+    gpt2_hparams,
+    gpt2_vocab_bytes,
+    weights,
+    write_gguf,
+)
 from tests.support.gpt2_reference import ggml_greedy
 
 # every type ctransformers' gpt2 loader takes, written with gguf-py (legacy) or ggml's quantiser (k-quants)

@@ -19,7 +19,12 @@ from service.formats.ggml.format import HParams, is_matrix, read_gpt2, write_gpt
 from service.formats.ggml.tiny import make_tiny_gpt2
 from service.formats.manifest import file_sha256, read_manifest
 from service.hub.download import HubError, download, list_models
-from tests.support.gguf_models import gpt2_hparams, gpt2_vocab_bytes, weights, write_gguf
+from tests.support.gguf_models import (
+    gpt2_hparams,
+    gpt2_vocab_bytes,
+    weights,
+    write_gguf,
+)
 from tests.support.hubserver import checkpoint_files, serve_hub
 from tests.support.server import LiveServer
 
