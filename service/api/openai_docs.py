@@ -19,19 +19,25 @@ from service.api.schemas_openai import ChatCompletion, Completion, OpenAIErrorBo
 
 _OPENAI_ERRORS = {
     400: "Invalid request: the message names the field and its limit (OpenAI's `BadRequestError`).",
+    401: "API keys are on and the key is missing or wrong (`AuthenticationError`); with `WWW-Authenticate`.",
     404: "Unknown model or route; the message names the models available (`NotFoundError`).",
     413: "The body is over 1 MiB.",
+    415: "The body's `Content-Type` is not `application/json`.",
     429: "Every worker is busy and the queue is full; `Retry-After` says when to retry (`RateLimitError`).",
     500: "The model failed while generating (`InternalServerError`).",
-    503: "The model is loading, failed to load, or the server is shutting down; `Retry-After` is set.",
+    503: "The model is loading, failed to load, the server is shutting down, or too many requests are in "
+         "flight; `Retry-After` is set.",
 }
 _NATIVE_ERRORS = {
-    400: "The body is not valid JSON.",
+    400: "The body is not valid JSON, or the `Host` header is not an allowed host.",
+    401: "API keys are on and the key is missing or wrong; with `WWW-Authenticate`.",
     413: "The body is over 1 MiB.",
+    415: "The body's `Content-Type` is not `application/json`.",
     422: "A field breaks its limit, or an unknown field was sent; `field` names it.",
     429: "Every worker is busy and the queue is full; `Retry-After` says when to retry.",
     500: "The model failed while generating.",
-    503: "The model is loading, failed to load, or the server is shutting down; `Retry-After` is set.",
+    503: "The model is loading, failed to load, the server is shutting down, or too many requests are in "
+         "flight; `Retry-After` is set.",
 }
 _SSE_DOC = ("With `stream: true` (or `Accept: text/event-stream` on the native stream): Server-Sent Events, "
             "`data: <json>` then a blank line per event, ending with `data: [DONE]` on /v1; an error after the "

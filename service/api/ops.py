@@ -8,11 +8,12 @@ from litestar import Request, get
 from litestar.datastructures import State
 from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.response import Response
 from prometheus_client.exposition import choose_encoder
 
 from service.api.native import runtime_of
-from service.api.schemas import Health
+from service.api.schemas import ErrorBody, Health
 
 PLAYGROUND = files("service.api").joinpath("static", "playground.html")
 # everything the page needs is inline; it may talk to this server only, and never be framed
@@ -41,7 +42,12 @@ def health(state: State) -> Response[Health]:
     return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})
 
 
-@get("/metrics", summary="Prometheus metrics (text format)", sync_to_thread=False, opt={"metrics": True})
+@get("/metrics", summary="Prometheus metrics (text format)", sync_to_thread=False, opt={"metrics": True},
+     media_type=MediaType.TEXT, responses={
+         401: ResponseSpec(ErrorBody, description="API keys are on, /metrics is not public, and the key is missing "
+                           "or wrong.", generate_examples=False),
+         404: ResponseSpec(ErrorBody, description="Metrics are off (MINIVAULT_METRICS=false).",
+                           generate_examples=False)})
 def metrics(request: Request, state: State) -> Response[bytes]:
     """Counters, histograms and gauges of this server, from its own registry."""
     m = runtime_of(state).metrics
