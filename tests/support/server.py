@@ -123,36 +123,3 @@ class LiveServer:
     def wait_stopped(self, timeout: float = 30) -> int:
         """Wait for an exit already under way (after a signal sent by the test)."""
         return self.stop(timeout)
-
-
-class InProcessServer:
-    """The app under a real uvicorn in a thread of this process, so a test can reach into the
-    running model (to make it fail) while clients talk to it over real HTTP."""
-
-    def __init__(self, app) -> None:
-        import threading
-
-        import uvicorn
-
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="uvicorn-test", daemon=True)
-
-    def __enter__(self) -> "InProcessServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError("in-process server did not become healthy")
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
