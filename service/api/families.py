@@ -1,7 +1,7 @@
 """Which error body a path gets: OpenAI's shape and statuses under /v1, the native shape elsewhere.
 
-One place decides it for every error MiniVault sends: the exception handlers, the concurrent-request
-limit and the stream's error events all build their bodies here.
+One place decides it for the errors MiniVault sends as responses: the exception handlers and the
+concurrent-request limit build their bodies here (a /v1 stream's error event too).
 """
 
 from __future__ import annotations

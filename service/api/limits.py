@@ -11,6 +11,8 @@ from __future__ import annotations
 import msgspec
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from service.api.families import error_for
+
 EXEMPT = ("/health", "/metrics")
 _encoder = msgspec.json.Encoder()
 
@@ -43,12 +45,9 @@ def request_limit(max_requests: int, retry_after_s: int):
 async def _refuse(send: Send, path: str, limit: int, retry_after_s: int) -> None:
     """503 overloaded, in the error shape of the path's API family."""
     message = f"the server has {limit} requests in flight (MINIVAULT_MAX_CONCURRENT_REQUESTS); retry later"
-    if path == "/v1" or path.startswith("/v1/"):
-        error = {"message": message, "type": "overloaded", "param": None, "code": "overloaded"}
-    else:
-        error = {"type": "overloaded", "message": message, "field": None}
-    body = _encoder.encode({"error": error})
-    await send({"type": "http.response.start", "status": 503, "headers": [
+    status, error = error_for(path, 503, "overloaded", message, None)
+    body = _encoder.encode(error)
+    await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"retry-after", str(retry_after_s).encode()),
     ]})
