@@ -46,6 +46,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty: CORS off
     cache_prompt: bool = True  # prefix reuse (llama-server's cache_prompt); false turns it off for every request
     replica: str = ""  # names this process in each log record when several replicas serve one model
+    # several models (README: Several models): loaded on first use, unloaded when idle or short of room
+    preload: str = ""  # models loaded at start: "" the default model, "none", "all", or comma-separated ids
+    keep_alive_s: float = 0.0  # unload a model idle this long; 0 keeps loaded models until room is needed
+    load_timeout_s: float = 120.0  # how long a request waits for its model to load
+    max_loaded_models: int = 0  # at most this many loaded at once (0: no limit but memory)
+    model_memory_mb: int = 0  # loaded models' memory budget in MiB (0: no budget)
 
     def __post_init__(self) -> None:
         checks = [
@@ -60,6 +66,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("retry_after_s", 1 <= self.retry_after_s <= 3_600, "must be between 1 and 3600 seconds"),
             ("log_fsync", _fsync_ok(self.log_fsync), "must be off, record, or a number of ms from 1 to 60000"),
             ("log_buffer", 1 <= self.log_buffer <= 1_000_000, "must be between 1 and 1000000 records"),
+            ("keep_alive_s", 0 <= self.keep_alive_s <= 604_800, "must be between 0 (never) and 604800 seconds"),
+            ("load_timeout_s", 0 < self.load_timeout_s <= 3_600, "must be > 0 and <= 3600 seconds"),
+            ("max_loaded_models", 0 <= self.max_loaded_models <= 1_000, "must be between 0 (no limit) and 1000"),
+            ("model_memory_mb", 0 <= self.model_memory_mb <= 10_000_000, "must be between 0 (no budget) and 10000000"),
             ("replica", len(self.replica) <= 253 and self.replica.isprintable(), "must be printable, at most 253 characters"),
         ]
         for name, ok, rule in checks:
@@ -81,11 +91,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def threads_per_worker(self) -> int:
         """Threads each model instance uses: the setting, or all cores but one shared among workers."""
-        if self.threads:
-            return self.threads
+        return self.threads_for(self.workers, self.threads)
+
+    @staticmethod
+    def threads_for(workers: int, threads: int) -> int:
+        """`threads` when set, else the cores but one shared among `workers` instances."""
+        if threads:
+            return threads
         # one core left for the event loop and anything else: ggml's threads spin-wait for each
         # other, so one that loses its core stalls them all (README, Performance: threads)
-        return max(1, (available_cores() - 1) // self.workers)
+        return max(1, (available_cores() - 1) // workers)
 
     @classmethod
     def from_env(

@@ -41,6 +41,10 @@ class NotReady(ServiceError):
     """The model is not loaded (yet), or failed to load."""
 
 
+class ModelCapacity(ServiceError):
+    """A model cannot be loaded now: the loaded models in use fill the count or memory budget."""
+
+
 class ShuttingDown(ServiceError):
     """The server is draining and takes no new requests."""
 

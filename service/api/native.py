@@ -34,7 +34,7 @@ from service.api.streaming import StreamAborted
 from service.engine.sampling import SamplingParams
 from service.errors import GenerationFailed, ShuttingDown
 from service.runtime.runtime import Runtime
-from service.runtime.scheduler import Job
+from service.runtime.scheduler import Job, Scheduler
 
 _JSON = Body(media_type=RequestEncodingType.JSON)
 
@@ -50,16 +50,17 @@ def _request_id(request: Request) -> str:
 
 async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> Job:
     """Validate and admit before any response starts: every refusal is a plain error response."""
-    scheduler = runtime.ready()
-    scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
-    prompt_ids = await anyio.to_thread.run_sync(scheduler.tokenize, data.prompt)
-    params = SamplingParams(
-        max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
-        top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
-    )
-    state = request.scope["state"]
-    job = scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request),
-                          key_id=state.get("key_id"), cache_prompt=data.cache_prompt and runtime.settings.cache_prompt)
+    async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
+        scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
+        prompt_ids = await anyio.to_thread.run_sync(scheduler.tokenize, data.prompt)
+        params = SamplingParams(
+            max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
+            top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
+        )
+        state = request.scope["state"]
+        job = scheduler.admit(request.url.path, data.prompt, prompt_ids, params, _request_id(request),
+                              key_id=state.get("key_id"),
+                              cache_prompt=data.cache_prompt and runtime.settings.cache_prompt)
     state["job"] = job.id  # the job is counted in the metrics when it ends, not by the middleware
     return job
 
@@ -97,7 +98,7 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
                            retry_after=runtime.settings.retry_after_s)
     t = job.timings()
     return GenerateResponse(
-        id=job.id, response=job.text, model=runtime.model_name, finish_reason=job.finish_reason or "error",
+        id=job.id, response=job.text, model=job.model_id, finish_reason=job.finish_reason or "error",
         usage=Usage(prompt_tokens=len(job.prompt_ids), completion_tokens=job.completion_tokens,
                     cached_tokens=job.cached_tokens),
         timings=Timings(**t),
@@ -107,7 +108,7 @@ async def generate(request: Request, data: Annotated[GenerateRequest, _JSON], st
 async def _plain_pieces(runtime: Runtime, job: Job) -> AsyncIterator[str]:
     """The job's text; a failure or a shutdown cut ends the stream without its final chunk."""
     try:
-        async for piece in runtime.scheduler.pieces(job):
+        async for piece in Scheduler.pieces(job):
             yield piece
     except GenerationFailed as exc:
         raise StreamAborted(f"generation failed: {exc.message}") from None
@@ -118,7 +119,7 @@ async def _plain_pieces(runtime: Runtime, job: Job) -> AsyncIterator[str]:
 async def _events(runtime: Runtime, job: Job) -> AsyncIterator[bytes]:
     """The native stream as SSE: a `{"text"}` event per piece, then `event: done` (or `event: error`)."""
     try:
-        async for piece in runtime.scheduler.pieces(job):
+        async for piece in Scheduler.pieces(job):
             yield sse.event({"text": piece})
     except GenerationFailed as exc:
         detail = ErrorDetail(type="generation_failed", message=f"generation failed: {exc.message}")
@@ -158,16 +159,16 @@ async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JS
 @post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them", **NATIVE_DOCS)
 async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> TokenizeResponse:
     """Tokenize with the same tokenizer the engine uses."""
-    scheduler = runtime_of(state).ready()
-    tokens = await anyio.to_thread.run_sync(scheduler.tokenize, data.text)
+    async with runtime_of(state).serving(data.model) as scheduler:
+        tokens = await anyio.to_thread.run_sync(scheduler.tokenize, data.text)
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
 
 @post("/detokenize", status_code=200, summary="Text of a list of token ids", **NATIVE_DOCS)
 async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) -> DetokenizeResponse:
     """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
-    scheduler = runtime_of(state).ready()
-    text = await anyio.to_thread.run_sync(scheduler.detokenize, data.tokens)
+    async with runtime_of(state).serving(data.model) as scheduler:
+        text = await anyio.to_thread.run_sync(scheduler.detokenize, data.tokens)
     return DetokenizeResponse(text=text)
 
 

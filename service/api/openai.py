@@ -54,7 +54,7 @@ from service.api.schemas_openai import (
 )
 from service.errors import ContextOverflow, GenerationFailed
 from service.runtime.runtime import Runtime
-from service.runtime.scheduler import Job, JobGroup
+from service.runtime.scheduler import Job, JobGroup, Scheduler
 
 _JSON = Body(media_type=RequestEncodingType.JSON)
 
@@ -76,13 +76,23 @@ def _finish(job: Job) -> str:
     return job.finish_reason or "error"
 
 
-async def _admit(runtime: Runtime, request: Request, data: Any, prompts: Callable[[], list[tuple[str, list[int]]]],
-                 endpoint_id: str, stop: tuple[str, ...], logprobs: int | None, prompt_logprobs: int | None,
-                 max_tokens: int | None, exclude: tuple[str, ...]) -> tuple[str, JobGroup]:
+async def _admit(runtime: Runtime, request: Request, data: Any,
+                 prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, stop: tuple[str, ...],
+                 logprobs: int | None, prompt_logprobs: int | None, max_tokens: int | None,
+                 exclude: tuple[str, ...]) -> tuple[str, JobGroup, Scheduler]:
     """Validate everything, then admit every choice of every prompt as one group (or raise)."""
-    scheduler = runtime.ready()
+    async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
+        rid, group = await _admit_to(scheduler, runtime, request, data, prompts, endpoint_id, stop, logprobs,
+                                     prompt_logprobs, max_tokens, exclude)
+    return rid, group, scheduler
+
+
+async def _admit_to(scheduler: Scheduler, runtime: Runtime, request: Request, data: Any,
+                    prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str,
+                    stop: tuple[str, ...], logprobs: int | None, prompt_logprobs: int | None, max_tokens: int | None,
+                    exclude: tuple[str, ...]) -> tuple[str, JobGroup]:
     scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
-    planned = await anyio.to_thread.run_sync(prompts)
+    planned = await anyio.to_thread.run_sync(prompts, scheduler)
     bias = logit_bias(data, scheduler.engine.vocab_size)
     ctx = scheduler.engine.context_length
     items = [
@@ -130,12 +140,10 @@ async def _wait(request: Request, group: JobGroup) -> None:
 async def _merged(runtime: Runtime, group: JobGroup) -> AsyncIterator[tuple[int, str | None | GenerationFailed]]:
     """(choice index, piece) from every job as produced; (index, None) when one ends, or its error."""
     queue: asyncio.Queue = asyncio.Queue()
-    scheduler = runtime.scheduler
-    assert scheduler is not None
 
     async def forward(i: int, job: Job) -> None:
         try:
-            async for piece in scheduler.pieces(job):
+            async for piece in Scheduler.pieces(job):
                 queue.put_nowait((i, piece))
             queue.put_nowait((i, None))
         except GenerationFailed as exc:
@@ -170,10 +178,9 @@ async def completions(request: Request, data: Annotated[CompletionRequest, _JSON
     runtime = runtime_of(state)
     model = lookup_model(runtime, data.model)
     check_completion_fields(data)
-    scheduler = runtime.ready()
     echo_lp = data.logprobs if data.echo and data.logprobs is not None else None
-    rid, group = await _admit(runtime, request, data, lambda: completion_prompts(scheduler, data.prompt), "cmpl",
-                              stops(data), data.logprobs, echo_lp, data.max_tokens, ("prompt",))
+    rid, group, scheduler = await _admit(runtime, request, data, lambda s: completion_prompts(s, data.prompt),
+                                         "cmpl", stops(data), data.logprobs, echo_lp, data.max_tokens, ("prompt",))
     created = int(time.time())
     token_bytes = scheduler.engine.tokenizer.token_bytes
 
@@ -251,11 +258,11 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
     """Reply to a conversation: a `System:`/`User:`/`Assistant:` transcript, stopping at the next turn."""
     runtime = runtime_of(state)
     model = lookup_model(runtime, data.model)
-    scheduler = runtime.ready()
     transcript = chat_transcript(data.messages)
     top = (data.top_logprobs or 0) if data.logprobs else None
-    rid, group = await _admit(runtime, request, data, lambda: [(transcript, scheduler.tokenize(transcript))],
-                              "chatcmpl", stops(data) + CHAT_STOPS, top, None, chat_max_tokens(data), ("messages",))
+    rid, group, scheduler = await _admit(runtime, request, data, lambda s: [(transcript, s.tokenize(transcript))],
+                                         "chatcmpl", stops(data) + CHAT_STOPS, top, None, chat_max_tokens(data),
+                                         ("messages",))
     created = int(time.time())
     token_bytes = scheduler.engine.tokenizer.token_bytes
 
@@ -306,27 +313,25 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
     return _stream(events())
 
 
-def _model(runtime: Runtime) -> Model:
-    """The served model's /v1/models entry, with MiniVault's extras."""
-    engine = runtime.ready().engine
-    path = runtime.model_path
-    return Model(id=runtime.model_name, created=int(path.stat().st_mtime), context_length=engine.context_length,
-                 quantization=engine.header.hparams.ftype, size_bytes=path.stat().st_size,
-                 vocab_size=engine.vocab_size)
+def _model(slot: Any) -> Model:
+    """An installed model's /v1/models entry, with MiniVault's extras (read from its file's header)."""
+    info = slot.header()
+    return Model(id=slot.id, created=int(slot.path.stat().st_mtime), context_length=info.hparams.n_ctx,
+                 quantization=info.hparams.ftype, size_bytes=slot.path.stat().st_size,
+                 vocab_size=info.hparams.n_vocab, state=slot.state)
 
 
-@get("/v1/models", summary="The models served (OpenAI's model list)", sync_to_thread=False, **MODEL_DOCS)
+@get("/v1/models", summary="The models installed, each with its state (OpenAI's model list)", sync_to_thread=True,
+     **MODEL_DOCS)
 def list_models(state: State) -> ModelList:
-    """Every model this server answers for."""
-    return ModelList(data=[_model(runtime_of(state))])
+    """Every model this server answers for, loaded or not."""
+    return ModelList(data=[_model(slot) for slot in list(runtime_of(state).models.slots.values())])
 
 
-@get("/v1/models/{model_id:str}", summary="One model (OpenAI's model object)", sync_to_thread=False, **MODEL_DOCS)
+@get("/v1/models/{model_id:str}", summary="One model (OpenAI's model object)", sync_to_thread=True, **MODEL_DOCS)
 def retrieve_model(model_id: FromPath[str], state: State) -> Model:
     """The model with this id; 404 names the models available."""
-    runtime = runtime_of(state)
-    lookup_model(runtime, model_id)
-    return _model(runtime)
+    return _model(runtime_of(state).models.resolve(model_id))
 
 
 HANDLERS = [completions, chat_completions, list_models, retrieve_model]

@@ -18,7 +18,7 @@ from service.api.schemas_openai import (
     TopLogprob,
 )
 from service.engine.sampling import SamplingParams, TokenLogprob
-from service.errors import InvalidRequest, UnknownModel, UnknownToken
+from service.errors import InvalidRequest, UnknownToken
 from service.runtime.runtime import Runtime
 from service.runtime.scheduler import Scheduler
 
@@ -30,12 +30,9 @@ CHAT_STOPS = ("\nUser:", "\nSystem:", "\nAssistant:")  # the next turn marker en
 def lookup_model(runtime: Runtime, requested: str | None) -> str:
     """The id of the model a request asks for (None: the default); UnknownModel names those served.
 
-    The one place a model id is resolved, so multi-model serving can replace it.
+    The id in responses is the one /v1/models lists.
     """
-    served = runtime.model_name
-    if requested is None or requested == served:
-        return served
-    raise UnknownModel(f"model `{requested}` does not exist; available models: {served}", field="model")
+    return runtime.models.resolve(requested).id
 
 
 def check_completion_fields(data: CompletionRequest) -> None:

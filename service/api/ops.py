@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.enums import MediaType
@@ -13,7 +14,7 @@ from litestar.response import Response
 from prometheus_client.exposition import choose_encoder
 
 from service.api.native import runtime_of
-from service.api.schemas import ErrorBody, Health
+from service.api.schemas import ErrorBody, Health, ModelHealth
 
 PLAYGROUND = files("service.api").joinpath("static", "playground.html")
 # everything the page needs is inline; it may talk to this server only, and never be framed
@@ -27,19 +28,25 @@ _PAGE_HEADERS = {
 }
 
 
-@get("/health", summary="Liveness and readiness: 200 once the model is loaded", sync_to_thread=False,
-     opt={"public": True})
+@get("/health", summary="Liveness, with each model's state: 200 while the server runs, 503 draining",
+     sync_to_thread=False, opt={"public": True})
 def health(state: State) -> Response[Health]:
-    """Model status; never waits on the model."""
+    """Every model's state (unloaded, loading, loaded, error); never waits on a model."""
     runtime = runtime_of(state)
-    s = runtime.scheduler
-    if runtime.status == "ok" and s is not None:
-        body = Health(status="ok", model=runtime.model_name, manifest=runtime.manifest,
-                      model_sha256=runtime.model_sha256,
-                      workers=s.workers, busy=s.busy, queued=s.queued)
-        return Response(body, status_code=200)
-    body = Health(status=runtime.status, model=runtime.model_name, detail=runtime.detail)  # type: ignore[arg-type]
-    return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})
+    models = runtime.models
+    entries = [msgspec.convert(slot.describe(), ModelHealth) for slot in models.slots.values()]
+    loaded = [slot.scheduler for slot in models.loaded()]
+    default = models.slots.get(models.default) if models.default else None
+    body = Health(
+        status="draining" if runtime.status == "draining" else "ok", model=models.default,
+        state=default.state if default else None, detail=default.detail if default else None,
+        manifest=default.loaded.manifest if default and default.loaded else None,
+        model_sha256=default.loaded.sha256 if default and default.loaded else None,
+        engine=runtime.engine, workers=sum(s.workers for s in loaded), busy=sum(s.busy for s in loaded),
+        queued=sum(s.queued for s in loaded), models=entries)
+    if runtime.status == "draining":
+        return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})
+    return Response(body, status_code=200)
 
 
 @get("/metrics", summary="Prometheus metrics (text format)", sync_to_thread=False, opt={"metrics": True},

@@ -30,6 +30,10 @@ CachePrompt = Annotated[
                            "(same results, faster first token); false evaluates the whole prompt.")
 ]
 
+ModelId = Annotated[str, Meta(min_length=1, max_length=256, description=(
+    "The model to use, by the id /v1/models lists; without it the default model (MINIVAULT_MODEL, "
+    "else the only one installed)."))]
+
 FinishReason = Literal["stop", "length", "timeout", "cancelled", "error"]
 
 
@@ -49,6 +53,7 @@ class GenerateRequest(Base):
     seed: Seed | None = None
     stop: StopList = msgspec.field(default_factory=list)
     cache_prompt: CachePrompt = True
+    model: ModelId | None = None
 
 
 class Usage(Base):
@@ -78,6 +83,7 @@ class GenerateResponse(Base):
 
 class TokenizeRequest(Base):
     text: Annotated[str, Meta(max_length=200_000, description="Text to tokenize.")]
+    model: ModelId | None = None
 
 
 class TokenizeResponse(Base):
@@ -87,21 +93,43 @@ class TokenizeResponse(Base):
 
 class DetokenizeRequest(Base):
     tokens: Annotated[list[TokenId], Meta(max_length=100_000, description="Token ids to turn back into text.")]
+    model: ModelId | None = None
 
 
 class DetokenizeResponse(Base):
     text: str
 
 
+class ModelHealth(Base, omit_defaults=True):
+    """One installed model's state."""
+
+    id: str
+    state: Literal["unloaded", "loading", "loaded", "error"]
+    engine: str
+    workers: int
+    threads: int
+    detail: str | None = None  # why it is in `error`
+    busy: int | None = None
+    queued: int | None = None
+    model_sha256: str | None = None
+    load_seconds: float | None = None
+    memory_mb: float | None = None  # resident memory its load added, measured
+
+
 class Health(Base, omit_defaults=True):
-    status: Literal["ok", "loading", "error", "draining"]
-    model: str | None = None
+    """200 while the server runs (503 draining); `model` and its fields are the default model's."""
+
+    status: Literal["ok", "draining"]
+    model: str | None = None  # the default model's id (None with several and no MINIVAULT_MODEL)
+    state: str | None = None  # the default model's state
     detail: str | None = None
     manifest: dict | None = None
     model_sha256: str | None = None
-    workers: int | None = None
+    engine: str | None = None
+    workers: int | None = None  # the sums over loaded models
     busy: int | None = None
     queued: int | None = None
+    models: list[ModelHealth] = msgspec.field(default_factory=list)
 
 
 class ErrorDetail(Base):

@@ -204,6 +204,7 @@ class Model(msgspec.Struct):
     quantization: str
     size_bytes: int
     vocab_size: int
+    state: Literal["unloaded", "loading", "loaded", "error"] = "loaded"  # MiniVault's: loaded on demand
     object: Literal["model"] = "model"
     owned_by: str = "minivault"
 

@@ -29,36 +29,43 @@ class Load(NamedTuple):
     workers: int
     busy: int
     queued: int
+    memory_mb: float | None = None
 
 
 class _LoadCollector(Collector):
     """Gauges read from the runtime when Prometheus scrapes, so they are never stale."""
 
-    def __init__(self, read: Callable[[], Load]) -> None:
+    def __init__(self, read: Callable[[], list[Load]]) -> None:
         self._read = read
 
     def collect(self) -> Iterator[Metric]:
-        s = self._read()
+        models = self._read()
         for name, doc, value in (
-            ("minivault_workers", "Model instances (generations that can run at once).", s.workers),
-            ("minivault_workers_busy", "Workers running a generation now.", s.busy),
-            ("minivault_requests_queued", "Admitted requests waiting for a worker.", s.queued),
-            ("minivault_model_loaded", "1 once the model is loaded and serving, else 0.", int(s.loaded)),
+            ("minivault_workers", "Model instances (generations that can run at once).", lambda s: s.workers),
+            ("minivault_workers_busy", "Workers running a generation now.", lambda s: s.busy),
+            ("minivault_requests_queued", "Admitted requests waiting for a worker.", lambda s: s.queued),
+            ("minivault_model_loaded", "1 while the model is loaded and serving, else 0.", lambda s: int(s.loaded)),
         ):
             family = GaugeMetricFamily(name, doc, labels=["model"])
-            family.add_metric([s.model], value)
+            for s in models:
+                family.add_metric([s.model], value(s))
             yield family
-        if s.load_seconds is not None:
-            family = GaugeMetricFamily("minivault_model_load_seconds", "Time the model took to load.",
-                                       labels=["model"])
-            family.add_metric([s.model], s.load_seconds)
+        for name, doc, attr in (
+            ("minivault_model_load_seconds", "Time the model's last load took.", "load_seconds"),
+            ("minivault_model_memory_bytes", "Resident memory the model's last load added.", "memory_mb"),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["model"])
+            for s in models:
+                v = getattr(s, attr)
+                if v is not None and (s.loaded or attr == "load_seconds"):
+                    family.add_metric([s.model], v * (1024 * 1024 if attr == "memory_mb" else 1))
             yield family
 
 
 class Metrics:
     """Every metric of one server; `registry` is what /metrics renders."""
 
-    def __init__(self, model: str, version: str, engine: str, read_load: Callable[[], Load]) -> None:
+    def __init__(self, model: str, version: str, engine: str, read_load: Callable[[], list[Load]]) -> None:
         self.model = model
         self.registry = r = CollectorRegistry(auto_describe=True)
         Info("minivault_build", "MiniVault's version and generation engine.", registry=r).info(
@@ -71,6 +78,9 @@ class Metrics:
         self.generation_tokens = Counter("minivault_generation_tokens", "Tokens generated.", ["model"], registry=r)
         self.cached_tokens = Counter("minivault_prompt_tokens_cached", "Prompt tokens served from the prefix cache "
                                      "instead of being evaluated.", ["model"], registry=r)
+        self.model_events = Counter("minivault_model_events", "Model loads and unloads: loaded, error, "
+                                    "unloaded_keep_alive, unloaded_evicted, unloaded_shutdown.", ["model", "event"],
+                                    registry=r)
         self.log_failures = Counter("minivault_log_write_failures", "Request log records that could not be written.",
                                     registry=r)
         hist = [("ttft", "minivault_time_to_first_token_seconds", "From admission to the first generated token.",
@@ -96,7 +106,7 @@ class Metrics:
 
     def observe_job(self, job) -> None:
         """A job ended (duck-typed Job: runtime.scheduler imports nothing from here)."""
-        m = self.model
+        m = job.model_id
         self.requests.labels(job.endpoint, m, job.status).inc()
         self.prompt_tokens.labels(m).inc(len(job.prompt_ids))
         self.generation_tokens.labels(m).inc(job.completion_tokens)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from service.engine.sampling import SamplingParams
-from service.runtime.runtime import (
+from service.runtime.loading import (
     ENGINE_NAME,
     load_engines,
     load_manifest,

@@ -53,6 +53,8 @@ class Job:
         self.done = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.group: JobGroup | None = None  # set when the job is one choice of a multi-job request
+        self.model_id = ""  # which model ran it, and that file's sha256 (set at admission)
+        self.model_sha256: str | None = None
 
     @property
     def text(self) -> str:
@@ -130,7 +132,9 @@ class Scheduler:
     """Runs generations on a fixed set of engines; the one backend the HTTP layer talks to."""
 
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, timeout_s: float,
-                 on_finish: Callable[[Job], None]) -> None:
+                 on_finish: Callable[[Job], None], model_id: str = "", model_sha256: str | None = None) -> None:
+        self.model_id = model_id
+        self.model_sha256 = model_sha256
         self._engines = list(engines)
         self._free: list[Engine] = list(self._engines)
         self._waiting: collections.deque[asyncio.Future[Engine]] = collections.deque()  # first come, first served
@@ -153,6 +157,11 @@ class Scheduler:
     @property
     def queued(self) -> int:
         return sum(1 for j in self._jobs if j.started_at is None)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing running or waiting."""
+        return not self._jobs
 
     @property
     def engine(self) -> Engine:
@@ -190,6 +199,7 @@ class Scheduler:
             raise InvalidRequest("the prompt has no tokens", field="prompt")
         self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
         job = Job(endpoint, prompt, prompt_ids, params, request_id, key_id, cache_prompt)
+        job.model_id, job.model_sha256 = self.model_id, self.model_sha256
         self._jobs.add(job)
         job._task = asyncio.get_running_loop().create_task(self._run(job))
         return job
@@ -215,6 +225,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for i, (prompt, prompt_ids, params) in enumerate(items):
             job = Job(endpoint, prompt, prompt_ids, params, f"{request_id}-{i}", key_id)
+            job.model_id, job.model_sha256 = self.model_id, self.model_sha256
             job.group = group
             group.jobs.append(job)
             self._jobs.add(job)
@@ -222,7 +233,8 @@ class Scheduler:
             job._task = loop.create_task(self._run(job))
         return group
 
-    async def pieces(self, job: Job) -> AsyncIterator[str]:
+    @staticmethod
+    async def pieces(job: Job) -> AsyncIterator[str]:
         """Text pieces of a job as they are produced; aborts the job if the consumer stops."""
         try:
             while (chunk := await job.pieces.get()) is not None:
@@ -249,6 +261,10 @@ class Scheduler:
     async def drain(self, timeout: float) -> None:
         """finish_jobs, then stop the threads and free the models."""
         await self.finish_jobs(timeout)
+        self.close()
+
+    def close(self) -> None:
+        """Stop the threads and free the models (nothing may be running)."""
         self._executor.shutdown(wait=True)
         for engine in self._engines:
             engine.close()

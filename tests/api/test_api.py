@@ -13,8 +13,9 @@ from tests.support.server import read_log
 
 
 def wait_ready(client: TestClient) -> None:
-    for _ in range(200):
-        if client.get("/health").status_code != 503 or client.get("/health").json()["status"] == "error":
+    """Until the default model (preloaded at start) is loaded or has failed."""
+    for _ in range(500):
+        if client.get("/health").json().get("state") in ("loaded", "error"):
             return
         time.sleep(0.02)
 
@@ -145,8 +146,14 @@ def test_health_reports_model(client, tiny_model):
 
     r = client.get("/health")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "model": "tiny", "model_sha256": file_sha256(tiny_model), "workers": 1,
-                        "busy": 0, "queued": 0}
+    body = r.json()
+    sha = file_sha256(tiny_model)
+    assert {k: v for k, v in body.items() if k != "models"} == {
+        "status": "ok", "model": "tiny", "state": "loaded", "model_sha256": sha, "engine": "ctransformers",
+        "workers": 1, "busy": 0, "queued": 0}
+    [entry] = body["models"]
+    assert entry["id"] == "tiny" and entry["state"] == "loaded" and entry["model_sha256"] == sha
+    assert entry["workers"] == 1 and entry["load_seconds"] > 0 and entry["memory_mb"] > 0
 
 
 def test_unloadable_model_is_health_error_and_503(settings_for, tmp_path):
@@ -154,10 +161,12 @@ def test_unloadable_model_is_health_error_and_503(settings_for, tmp_path):
     bad.write_bytes(b"ggml but not really")
     with TestClient(create_app(settings_for(bad))) as c:
         wait_ready(c)
-        r = c.get("/health")
-        assert r.status_code == 503 and r.json()["status"] == "error" and "broken.bin" in r.json()["detail"]
+        r = c.get("/health")  # the server runs; the model's state says why it cannot serve
+        assert r.status_code == 200 and r.json()["state"] == "error" and "broken.bin" in r.json()["detail"]
+        assert r.json()["models"][0]["state"] == "error"
         r = c.post("/generate", json={"prompt": "hi"})
         assert r.status_code == 503 and r.json()["error"]["type"] == "model_not_ready"
+        assert "failed to load" in r.json()["error"]["message"] and "broken.bin" in r.json()["error"]["message"]
         assert r.headers["retry-after"]
 
 

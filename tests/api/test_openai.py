@@ -14,7 +14,7 @@ import pytest
 
 from service.engine.ctransformers_backend import Engine
 from service.engine.sampling import log_softmax
-from service.runtime.runtime import load_tokenizer
+from service.runtime.loading import load_tokenizer
 from tests.support.server import new_records, read_log, wait_idle
 
 M = "gpt2-vocab"

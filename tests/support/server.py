@@ -99,7 +99,9 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {self.proc.communicate()}")
             try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                health = httpx.get(self.url + "/health", timeout=1)
+                # up, and its preloaded default model loaded (or failed: the test looks at why)
+                if health.status_code == 200 and health.json().get("state") in (None, "loaded", "error"):
                     return
             except httpx.HTTPError:
                 pass

@@ -1,0 +1,142 @@
+"""Loading one model: its manifest and sha256, its engine instances, their worker pool; and the
+process-wide pieces loads share (the private library copies, the resident-memory reading).
+
+Never imports litestar.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import msgspec
+
+from service.config import Settings
+from service.engine.base import Tokenizer
+from service.engine.ctransformers_backend import Engine
+from service.runtime.scheduler import Job, Scheduler
+
+ENGINE_NAME = "ctransformers"  # the backend that runs generations, named in the log for replay
+
+
+class LibrarySlots:
+    """Indexes of ctransformers' private library copies, each held by one live engine instance.
+
+    Two instances must never share a copy (its scratch buffer is a C static), and a copy loaded
+    once stays in the process: an unloaded model's indexes are handed to the next load.
+    """
+
+    def __init__(self, libdir: Path) -> None:
+        self.libdir = libdir
+        self._free: set[int] = set()
+        self._next = 0
+        self._lock = threading.Lock()  # loads and unloads run in threads
+
+    def take(self) -> int:
+        with self._lock:
+            if self._free:
+                index = min(self._free)
+                self._free.discard(index)
+                return index
+            self._next += 1
+            return self._next - 1
+
+    def give_back(self, indexes: list[int]) -> None:
+        with self._lock:
+            self._free.update(indexes)
+
+
+class Loaded:
+    """A loaded model: its worker pool and what the log and /health say about it."""
+
+    def __init__(self, scheduler: Scheduler, manifest: dict[str, Any] | None, sha256: str,
+                 libs: list[int]) -> None:
+        self.scheduler = scheduler
+        self.manifest = manifest
+        self.sha256 = sha256
+        self._libs = libs
+
+    def close(self, slots: LibrarySlots) -> None:
+        """Stop the (idle) pool's threads and free every instance (call from a thread)."""
+        self.scheduler.close()
+        slots.give_back(self._libs)
+
+
+def load_tokenizer(model_path: Path) -> Tokenizer | None:
+    """The exact GPT-2 BPE from tokenizer.json beside the model, or None (with a warning)."""
+    path = model_path.parent / "tokenizer.json"
+    if not path.is_file():
+        print(
+            f"minivault: warning: no tokenizer.json beside {model_path}; falling back to ctransformers' "
+            "greedy tokenizer, which splits some words differently from GPT-2's BPE",
+            file=sys.stderr, flush=True,
+        )
+        return None
+    from service.tokenizer.bpe import GPT2Tokenizer
+
+    return GPT2Tokenizer.from_file(path)
+
+
+def load_manifest(model_path: Path) -> dict[str, Any] | None:
+    """The manifest beside the model as a dict, after checking the file size matches it."""
+    if not (model_path.parent / "manifest.json").is_file():
+        return None
+    from service.formats.manifest import read_manifest, verify
+
+    manifest = read_manifest(model_path)
+    if manifest is None:
+        return None
+    verify(model_path, manifest)
+    return msgspec.to_builtins(manifest)
+
+
+def model_sha256(model_path: Path, manifest: dict[str, Any] | None) -> str:
+    """The model file's sha256: the manifest's (its size was checked), else hashed now."""
+    if manifest and manifest.get("sha256"):
+        return str(manifest["sha256"]).lower()
+    from service.formats.manifest import file_sha256
+
+    return file_sha256(model_path)
+
+
+def load_engines(model_path: Path, workers: int, threads: int, libdir: Path) -> list[Engine]:
+    """`workers` independent instances of the model, sharing one tokenizer (outside a server)."""
+    tokenizer = load_tokenizer(model_path)
+    return [Engine(model_path, threads=threads, tokenizer=tokenizer, instance=i, libdir=libdir)
+            for i in range(workers)]
+
+
+def load_model(model_id: str, path: Path, workers: int, threads: int, libs: LibrarySlots, settings: Settings,
+               on_finish: Callable[[Job], None]) -> Loaded:
+    """`workers` instances of one model behind one scheduler (call from a thread)."""
+    manifest = load_manifest(path)
+    sha256 = model_sha256(path, manifest)
+    tokenizer = load_tokenizer(path)
+    engines: list[Engine] = []
+    taken: list[int] = []
+    try:
+        for _ in range(workers):
+            taken.append(libs.take())
+            engines.append(Engine(path, threads=threads, tokenizer=tokenizer, instance=taken[-1],
+                                  libdir=libs.libdir))
+    except BaseException:
+        for engine in engines:
+            engine.close()
+        libs.give_back(taken)
+        raise
+    scheduler = Scheduler(engines, max_queue=settings.max_queue, timeout_s=settings.timeout_s,
+                          on_finish=on_finish, model_id=model_id, model_sha256=sha256)
+    return Loaded(scheduler, manifest, sha256, taken)
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MiB (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
