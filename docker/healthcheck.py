@@ -1,4 +1,5 @@
-"""Container health check: exit 0 only if GET /health answers 200 with status "ok".
+"""Container health check: exit 0 only if GET /health answers 200 with status "ok" and its
+default model is not loading or failed (a model let go when idle loads again on its next request).
 
 Standard library only (the image has no curl). Docker runs it as the container's
 configured user, which is root here (the entrypoint drops privileges for the server
@@ -37,16 +38,17 @@ def main() -> int:
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
             status, body = response.status, response.read(65536)
-    except urllib.error.HTTPError as exc:  # 503 while loading, or after a failed load
+    except urllib.error.HTTPError as exc:  # 503 while draining
         status, body = exc.code, exc.read(65536)
     except (OSError, ValueError) as exc:  # refused, timed out, reset
         print(f"unhealthy: {url}: {exc}", file=sys.stderr)
         return 1
     try:
-        state = json.loads(body).get("status")
+        health = json.loads(body)
+        state, model = health.get("status"), health.get("state")
     except (ValueError, AttributeError):
-        state = None
-    if status == 200 and state == "ok":
+        state = model = None
+    if status == 200 and state == "ok" and model in (None, "loaded", "unloaded"):
         return 0
     print(f"unhealthy: {url} answered {status} {body[:200].decode('utf-8', 'replace')}", file=sys.stderr)
     return 1

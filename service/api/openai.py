@@ -315,10 +315,14 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
 
 def _model(slot: Any) -> Model:
     """An installed model's /v1/models entry, with MiniVault's extras (read from its file's header)."""
-    info = slot.header()
-    return Model(id=slot.id, created=int(slot.path.stat().st_mtime), context_length=info.hparams.n_ctx,
-                 quantization=info.hparams.ftype, size_bytes=slot.path.stat().st_size,
-                 vocab_size=info.hparams.n_vocab, state=slot.state)
+    st = slot.path.stat()
+    model = Model(id=slot.id, created=int(st.st_mtime), size_bytes=st.st_size, state=slot.state)
+    try:
+        hp = slot.header().hparams
+    except ValueError:  # not a GPT-2 GGML file: listed all the same, its load fails with the reason
+        return model
+    model.context_length, model.quantization, model.vocab_size = hp.n_ctx, hp.ftype, hp.n_vocab
+    return model
 
 
 @get("/v1/models", summary="The models installed, each with its state (OpenAI's model list)", sync_to_thread=True,

@@ -31,13 +31,15 @@ _OPENAI_ERRORS = {
 _NATIVE_ERRORS = {
     400: "The body is not valid JSON, or the `Host` header is not an allowed host.",
     401: "API keys are on and the key is missing or wrong; with `WWW-Authenticate`.",
+    404: "No installed model has the `model` id asked for; the message lists those installed.",
     413: "The body is over 1 MiB.",
     415: "The body's `Content-Type` is not `application/json`.",
     422: "A field breaks its limit, or an unknown field was sent; `field` names it.",
     429: "Every worker is busy and the queue is full; `Retry-After` says when to retry.",
     500: "The model failed while generating.",
-    503: "The model is loading, failed to load, the server is shutting down, or too many requests are in "
-         "flight; `Retry-After` is set.",
+    503: "The model is still loading past MINIVAULT_LOAD_TIMEOUT_S, failed to load, cannot be fitted beside "
+         "the models in use, the server is shutting down, or too many requests are in flight; "
+         "`Retry-After` is set.",
 }
 _SSE_DOC = ("With `stream: true` (or `Accept: text/event-stream` on the native stream): Server-Sent Events, "
             "`data: <json>` then a blank line per event, ending with `data: [DONE]` on /v1; an error after the "

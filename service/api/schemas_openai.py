@@ -200,10 +200,10 @@ class ChatCompletionChunk(msgspec.Struct):
 class Model(msgspec.Struct):
     id: str
     created: int
-    context_length: int
-    quantization: str
     size_bytes: int
-    vocab_size: int
+    context_length: int | None = None  # None: the file's header cannot be read (its state says why)
+    quantization: str | None = None
+    vocab_size: int | None = None
     state: Literal["unloaded", "loading", "loaded", "error"] = "loaded"  # MiniVault's: loaded on demand
     object: Literal["model"] = "model"
     owned_by: str = "minivault"

@@ -46,12 +46,13 @@ def crashing(long_model, settings_for):
     url = f"http://127.0.0.1:{server.config.port}"
     for _ in range(500):
         try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
+            if httpx.get(url + "/health", timeout=1).json()["state"] == "loaded":
                 break
         except httpx.HTTPError:
             pass
         time.sleep(0.02)
-    engine = app.state.runtime.scheduler.engine
+    models = app.state.runtime.models
+    engine = models.slots[models.default].scheduler.engine
     real_eval = engine.eval
 
     def arm(calls: int) -> None:

@@ -354,7 +354,7 @@ def test_serve_runs_the_app_and_drains_on_sigterm(long_model, tmp_path):
             assert server.poll() is None and time.monotonic() < deadline, server.communicate()
             try:
                 h = health(url)
-                if h["status"] == "ok":
+                if h["status"] == "ok" and h["state"] == "loaded":
                     break
             except httpx.HTTPError:
                 pass
