@@ -135,6 +135,12 @@ class Client:
             if tail:
                 yield tail
 
+    def health(self) -> dict[str, Any]:
+        """The server's /health body (a draining server's 503 is an error)."""
+        with self._call():
+            response = self._http.get("/health")
+        return self._json(response)
+
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if not response.is_success:
             raise error_for(response)

@@ -71,30 +71,50 @@ def download(
 def models(
     models_dir: ModelsDir = Path("models"),
     as_json: Annotated[bool, typer.Option("--json", help="Print the list as JSON.")] = False,
+    url: Annotated[Text, opt("Also show each model's state (unloaded, loading, loaded, error) on the server "
+                             "at this URL.", envvar="MINIVAULT_URL")] = None,
 ) -> None:
-    """List the models installed in the models dir."""
+    """List the models installed in the models dir (with --url, each one's state on that server)."""
     from service.hub import download as hub
 
     with _model_errors(hub.HubError):
         entries = hub.list_models(models_dir)
+        states = _server_states(url) if url else None
         if as_json:
             import msgspec
 
-            print(msgspec.json.encode(entries).decode(), flush=True)
+            rows = msgspec.to_builtins(entries)
+            if states is not None:
+                rows = [row | {"state": states.get(row["name"], "not served")} for row in rows]
+            print(msgspec.json.encode(rows).decode(), flush=True)
             return
         if not entries:
             say(f"no models in {models_dir}; get one with `minivault download`, `minivault import PATH` "
                 "or `minivault demo-model` (random weights)")
             return
-        print(_models_table(entries), flush=True)
+        print(_models_table(entries, states), flush=True)
 
 
-def _models_table(entries) -> str:
+def _server_states(url: str) -> dict[str, str]:
+    """Model id -> state, from the server's /health (a ClientError, exit 1, if it cannot be asked)."""
+    from service.cli.http import Client, ClientError
+
+    try:
+        with Client(url, timeout=10) as client:
+            health = client.health()
+    except ClientError as exc:
+        raise fail(f"cannot ask {url} for its models' states: {exc}", exc.code) from None
+    return {m["id"]: m["state"] for m in health.get("models", [])}
+
+
+def _models_table(entries, states: dict[str, str] | None = None) -> str:
     """A plain-text table of ModelEntry rows, a problem (if any) under its model."""
     from service.hub.store import human_size
 
-    rows = [("NAME", "QUANT", "SIZE", "SHA256", "SOURCE", "PATH")]
-    rows += [(e.name, e.quant, human_size(e.size), e.sha256[:12], e.source or "-", e.path) for e in entries]
+    head = ("NAME", "QUANT", "SIZE", "SHA256", "SOURCE") + (("STATE",) if states is not None else ()) + ("PATH",)
+    rows = [head]
+    rows += [(e.name, e.quant, human_size(e.size), e.sha256[:12], e.source or "-")
+             + ((states.get(e.name, "not served"),) if states is not None else ()) + (e.path,) for e in entries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for i, row in enumerate(rows):

@@ -400,6 +400,25 @@ def test_models_lists_folders_and_bare_files(tmp_path):
     assert entries["tiny-f16"]["path"] == str(models / "tiny-f16" / "model.bin")
 
 
+def test_models_with_a_server_shows_each_models_state(tmp_path, start_server):
+    models = tmp_path / "models"
+    for seed, name in enumerate(("one", "two")):
+        (models / name).mkdir(parents=True)
+        make_tiny_gpt2(models / name / "model.bin", seed=seed)
+    server = start_server(models, MINIVAULT_MODEL="one", MINIVAULT_MODELS_DIR=str(models))  # one is preloaded
+    result = run("models", "--models-dir", str(models), "--url", server.url)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "QUANT", "SIZE", "SHA256", "SOURCE", "STATE", "PATH"]
+    assert {line.split()[0]: line.split()[-2] for line in lines[1:]} == {"one": "loaded", "two": "unloaded"}
+    as_json = run("models", "--json", "--models-dir", str(models), MINIVAULT_URL=server.url)
+    assert {e["name"]: e["state"] for e in json.loads(as_json.stdout)} == {"one": "loaded", "two": "unloaded"}
+    server.stop()
+    down = run("models", "--models-dir", str(models), "--url", server.url)
+    assert down.exit_code != 0 and down.stdout == ""
+    assert f"cannot ask {server.url}" in down.stderr
+
+
 def test_models_in_an_empty_dir_says_how_to_get_one(tmp_path):
     result = run("models", "--models-dir", str(tmp_path / "none"))
     assert result.exit_code == 0 and result.stdout == ""
