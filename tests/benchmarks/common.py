@@ -23,7 +23,7 @@ def gpt2_small(path: Path, quant: str) -> Path:
     return path
 
 
-def start_server(model: Path, log: Path, **settings: object) -> LiveServer:
+def start_server(model: Path, log: Path, /, **settings: object) -> LiveServer:
     """A live `python -m service.api.server` with MINIVAULT_* settings; threads default to the
     service's own (cores divided among workers), not the tests' one thread."""
     env = {"MINIVAULT_THREADS": "0"} | {f"MINIVAULT_{k.upper()}": str(v) for k, v in settings.items()}
