@@ -172,30 +172,3 @@ NO_HUB_ROUTES = (
     "a GGML .bin or a Hugging Face GPT-2 checkpoint folder), or `minivault demo-model` creates a "
     "random-weight demo model with GPT-2's real vocabulary (random text, but the whole service works)"
 )
-
-
-def find_model(settings: Settings) -> Path:
-    """The GGML model file to serve: MINIVAULT_MODEL, else the one model in the models dir.
-
-    Raises SettingsError with a message that says how to get a model.
-    """
-    how = (
-        "get one with `minivault download` (distilgpt2, quantised to q4_0), "
-        f"or set {PREFIX}MODEL to the path of a GPT-2 GGML file; {NO_HUB_ROUTES}"
-    )
-    if settings.model:
-        path = Path(settings.model)
-        if not path.is_file():
-            raise SettingsError(f"{PREFIX}MODEL={settings.model}: no such file; {how}")
-        return path
-    models_dir = Path(settings.models_dir)
-    found = sorted(
-        p for p in [*models_dir.glob("*.bin"), *models_dir.glob("*/model.bin")]
-        if p.is_file() and not p.name.startswith(".")
-    )
-    if not found:
-        raise SettingsError(f"no model in {PREFIX}MODELS_DIR={models_dir}; {how}")
-    if len(found) > 1:
-        names = ", ".join(str(p) for p in found)
-        raise SettingsError(f"several models in {models_dir} ({names}); choose one with {PREFIX}MODEL")
-    return found[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.config import Settings, SettingsError, find_model
+from service.config import Settings, SettingsError
 
 
 def test_defaults_and_env_are_read():
@@ -46,23 +46,6 @@ def test_invalid_settings_name_the_variable(env, words):
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]
-
-
-def test_find_model_explains_how_to_get_one(tmp_path):
-    with pytest.raises(SettingsError, match="minivault download"):
-        find_model(Settings(models_dir=str(tmp_path)))
-    with pytest.raises(SettingsError, match="no such file.*minivault download"):
-        find_model(Settings(model=str(tmp_path / "missing.bin")))
-
-
-def test_find_model_takes_the_one_model_and_refuses_to_guess(tmp_path):
-    (tmp_path / "gpt2-q4_0").mkdir()
-    (tmp_path / "gpt2-q4_0" / "model.bin").write_bytes(b"x")
-    (tmp_path / ".partial.bin").write_bytes(b"x")  # an unfinished download is never picked
-    assert find_model(Settings(models_dir=str(tmp_path))) == tmp_path / "gpt2-q4_0" / "model.bin"
-    (tmp_path / "other.bin").write_bytes(b"x")
-    with pytest.raises(SettingsError, match="several models.*MINIVAULT_MODEL"):
-        find_model(Settings(models_dir=str(tmp_path)))
 
 
 def test_unknown_variables_are_named_with_the_closest_setting():

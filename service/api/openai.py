@@ -11,6 +11,7 @@ import time
 from typing import Annotated, Any, AsyncIterator, Callable
 
 import anyio
+import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
@@ -21,19 +22,18 @@ from service.api import sse
 from service.api.families import openai_error
 from service.api.native import _client_gone, runtime_of
 from service.api.openai_convert import (
-    CHAT_STOPS,
     LegacyBuilder,
+    Plan,
     chat_logprobs,
-    chat_max_tokens,
+    chat_plan,
     chat_transcript,
     check_completion_fields,
-    choice_params,
+    completion_plan,
     completion_prompts,
+    job_params,
     log_params,
     logit_bias,
     lookup_model,
-    max_new_tokens,
-    stops,
 )
 from service.api.openai_docs import CHAT_DOCS, COMPLETION_DOCS, MODEL_DOCS
 from service.api.request_id import request_id
@@ -77,35 +77,32 @@ def _finish(job: Job) -> str:
 
 
 async def _admit(runtime: Runtime, request: Request, data: Any,
-                 prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, stop: tuple[str, ...],
-                 logprobs: int | None, prompt_logprobs: int | None, max_tokens: int | None,
-                 exclude: tuple[str, ...]) -> tuple[str, JobGroup, Scheduler]:
-    """Validate everything, then admit every choice of every prompt as one group (or raise)."""
+                 prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
+                 exclude: tuple[str, ...], inputs: dict[str, Any] | None = None) -> tuple[str, JobGroup, Scheduler]:
+    """Validate everything, then admit every choice of every prompt as one group (or raise).
+
+    `inputs` are request fields the log keeps beside the prompt (when it keeps prompts), for replay.
+    """
     async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
-        rid, group = await _admit_to(scheduler, runtime, request, data, prompts, endpoint_id, stop, logprobs,
-                                     prompt_logprobs, max_tokens, exclude)
+        rid, group = await _admit_to(scheduler, runtime, request, data, prompts, endpoint_id, plan, exclude, inputs)
     return rid, group, scheduler
 
 
 async def _admit_to(scheduler: Scheduler, runtime: Runtime, request: Request, data: Any,
-                    prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str,
-                    stop: tuple[str, ...], logprobs: int | None, prompt_logprobs: int | None, max_tokens: int | None,
-                    exclude: tuple[str, ...]) -> tuple[str, JobGroup]:
+                    prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
+                    exclude: tuple[str, ...], inputs: dict[str, Any] | None) -> tuple[str, JobGroup]:
     scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
     planned = await anyio.to_thread.run_sync(prompts, scheduler)
     bias = logit_bias(data, scheduler.engine.vocab_size)
     ctx = scheduler.engine.context_length
-    items = [
-        (text, ids, choice_params(data, max_new_tokens(max_tokens, ctx, len(ids)), stop, bias, logprobs,
-                                  prompt_logprobs, k))
-        for text, ids in planned for k in range(data.n)
-    ]
+    items = [(text, ids, job_params(data, plan, bias, ctx, len(ids), k))
+             for text, ids in planned for k in range(data.n)]
     rid = _new_id(request, endpoint_id)
     params = log_params(data, exclude)
     extra = {"user": data.user}
 
     def on_finish(group: JobGroup) -> None:
-        runtime.record_group(group, request.url.path, params, extra, n=data.n)
+        runtime.record_group(group, request.url.path, params, extra, n=data.n, inputs=inputs)
 
     try:
         group = scheduler.admit_group(request.url.path, items, rid, on_finish,
@@ -178,9 +175,8 @@ async def completions(request: Request, data: Annotated[CompletionRequest, _JSON
     runtime = runtime_of(state)
     model = lookup_model(runtime, data.model)
     check_completion_fields(data)
-    echo_lp = data.logprobs if data.echo and data.logprobs is not None else None
     rid, group, scheduler = await _admit(runtime, request, data, lambda s: completion_prompts(s, data.prompt),
-                                         "cmpl", stops(data), data.logprobs, echo_lp, data.max_tokens, ("prompt",))
+                                         "cmpl", completion_plan(data), ("prompt",))
     created = int(time.time())
     token_bytes = scheduler.engine.tokenizer.token_bytes
 
@@ -259,10 +255,11 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
     runtime = runtime_of(state)
     model = lookup_model(runtime, data.model)
     transcript = chat_transcript(data.messages)
-    top = (data.top_logprobs or 0) if data.logprobs else None
+    plan = chat_plan(data)
+    top = plan.logprobs
+    # the messages are logged too: the transcript alone cannot be sent to this endpoint again
     rid, group, scheduler = await _admit(runtime, request, data, lambda s: [(transcript, s.tokenize(transcript))],
-                                         "chatcmpl", stops(data) + CHAT_STOPS, top, None, chat_max_tokens(data),
-                                         ("messages",))
+                                         "chatcmpl", plan, ("messages",), {"messages": msgspec.to_builtins(data.messages)})
     created = int(time.time())
     token_bytes = scheduler.engine.tokenizer.token_bytes
 

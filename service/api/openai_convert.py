@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import msgspec
 
@@ -98,6 +98,34 @@ def choice_params(data: Any, max_new_tokens: int, stop: tuple[str, ...], bias: t
         presence_penalty=data.presence_penalty, frequency_penalty=data.frequency_penalty, logit_bias=bias,
         logprobs=logprobs, prompt_logprobs=prompt_logprobs,
     )
+
+
+class Plan(NamedTuple):
+    """What an endpoint takes from its request for every one of its jobs."""
+
+    stop: tuple[str, ...]
+    logprobs: int | None
+    prompt_logprobs: int | None
+    max_tokens: int | None
+
+
+def completion_plan(data: CompletionRequest) -> Plan:
+    """/v1/completions: its stop strings, logprobs (the prompt's too when echoed) and max_tokens."""
+    echo_lp = data.logprobs if data.echo and data.logprobs is not None else None
+    return Plan(stops(data), data.logprobs, echo_lp, data.max_tokens)
+
+
+def chat_plan(data: ChatRequest) -> Plan:
+    """/v1/chat/completions: its stops plus the next turn's markers, top_logprobs, max tokens."""
+    top = (data.top_logprobs or 0) if data.logprobs else None
+    return Plan(stops(data) + CHAT_STOPS, top, None, chat_max_tokens(data))
+
+
+def job_params(data: Any, plan: Plan, bias: tuple[tuple[int, float], ...], context_length: int,
+               prompt_tokens: int, choice: int) -> SamplingParams:
+    """SamplingParams of choice `choice` of a prompt; the server and `minivault replay --local` share it."""
+    return choice_params(data, max_new_tokens(plan.max_tokens, context_length, prompt_tokens), plan.stop, bias,
+                         plan.logprobs, plan.prompt_logprobs, choice)
 
 
 def max_new_tokens(requested: int | None, context_length: int, prompt_tokens: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterator
 
@@ -140,6 +141,24 @@ class Client:
         with self._call():
             response = self._http.get("/health")
         return self._json(response)
+
+    def events(self, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """POST a streamed /v1 request: the JSON of each Server-Sent Event, until `[DONE]`."""
+        with self._call(), self._http.stream("POST", path, json=body) as response:
+            if response.status_code != 200:
+                raise error_for(response)
+            for line in response.iter_lines():
+                if not line.startswith("data: "):
+                    continue  # blank separators, `event:` names
+                if line == "data: [DONE]":
+                    return
+                try:
+                    event = json.loads(line[6:])
+                except ValueError:
+                    raise ClientError(f"the server at {self.url} sent an event that is not JSON", SERVER) from None
+                if isinstance(event, dict) and "error" in event:  # a generation failed mid-stream
+                    raise ClientError(f"server error mid-stream: {(event['error'] or {}).get('message')}", SERVER)
+                yield event
 
     def _json(self, response: httpx.Response) -> dict[str, Any]:
         if not response.is_success:

@@ -194,16 +194,19 @@ def replay(
     request_id: Annotated[str, typer.Argument(metavar="ID", help="The id of the logged request.")],
     url: Url = DEFAULT_URL,
     local: Annotated[bool, opt("Run it in this process through the engine, without a server.", "--local")] = False,
-    model: Annotated[Text, opt("With --local: the model file [env MINIVAULT_MODEL; the one in the models dir].")] = None,
+    model: Annotated[Text, opt("With --local: the model, an id in the models dir or a file "
+                               "[env MINIVAULT_MODEL; else the record's model].")] = None,
     db: Db = None,
     log_file: LogFile = None,
     timeout: Timeout = 300.0,
 ) -> None:
-    """Run a logged request again with its logged seed and parameters and compare the text.
+    """Run a logged request again with its logged seeds and parameters and compare the text.
 
+    Replays /generate, /generate/stream, /v1/completions and /v1/chat/completions (every choice).
     Checks first that the model's sha256 (and engine) match the record's. Exit status: 0 the
-    text is identical, 1 it differs (where it first differs is shown), 2 it cannot be replayed
-    (wrong model, unknown id or endpoint, no prompt logged), 3-6 as for the other commands.
+    text is identical, 1 it differs (the first differing choice and where is shown), 2 it cannot
+    be replayed (wrong model, unknown id or endpoint, no prompt logged, a /v1 record not ok),
+    3-6 as for the other commands.
     """
     from service.cli import replay as rp
 
@@ -214,46 +217,50 @@ def replay(
         if record.get("status") != "ok":
             say(f"record {request_id} ended {record.get('status')} ({record.get('finish_reason')}): "
                 "its logged text may be cut short, so it may differ")
-        text = _replay_local(record, replayer, model) if local else _replay_http(record, replayer, url, timeout)
-        at = rp.first_difference(record["response"], text)
-        where = "in-process" if local else url
-        if at is None:
-            print(f"identical: {request_id} ({record.get('endpoint')}, {len(text)} characters, "
-                  f"seed {(record.get('params') or {}).get('seed')}) replayed {where}", flush=True)
+        texts = _replay_local(record, replayer, model) if local else _replay_http(record, replayer, url, timeout)
+        difference = rp.compare(replayer.logged(record), texts)
+        if difference is None:
+            print(f"identical: {request_id} ({record.get('endpoint')}, {rp.summary(texts, replayer.seeds(record))}) "
+                  f"replayed {'in-process' if local else url}", flush=True)
             return
-        print(f"{request_id}: {rp.describe_difference(record['response'], text, at)}", flush=True)
+        print(f"{request_id}: {difference}", flush=True)
         raise typer.Exit(1)
 
 
-def _replay_http(record: dict[str, Any], replayer: Any, url: str, timeout: float) -> str:
+def _replay_http(record: dict[str, Any], replayer: Any, url: str, timeout: float) -> list[str]:
     from service.cli import replay as rp
     from service.cli.http import Client
 
     with Client(url, timeout) as client:
-        sha, engine = rp.server_model(client)
+        model, sha, engine = rp.server_model(client, record)
         rp.check_model(record, sha, engine, f"the server at {url}")
-        return replayer.http(client, record)
+        return replayer.http(client, record | {"served_model": model})
 
 
-def _replay_local(record: dict[str, Any], replayer: Any, model: str | None) -> str:
+def _replay_local(record: dict[str, Any], replayer: Any, model: str | None) -> list[str]:
     from service.cli import replay as rp
     from service.cli.http import USAGE, ClientError
-    from service.config import Settings, SettingsError, find_model
-    from service.engine.sampling import SamplingParams
+    from service.config import Settings, SettingsError
     from service.errors import ServiceError
+    from service.runtime import catalog
     from service.runtime.replay import LocalModel
 
-    try:
-        path = find_model(Settings.from_env({"model": model}))
+    try:  # --model, else the record's model in the models dir, else the only one there
+        settings = Settings.from_env({"model": model})
+        found = catalog.scan(settings)
+        chosen = catalog.default_model(settings, found) if model else (
+            record.get("model") if record.get("model") in found else catalog.default_model(settings, found))
     except SettingsError as exc:
         raise ClientError(str(exc), USAGE) from None
-    params = replayer.params(record)
+    if chosen is None or chosen not in found:
+        raise ClientError(f"no model {record.get('model')} in {settings.models_dir} (installed: "
+                          f"{', '.join(found) or 'none'}); choose one with --model", USAGE)
+    path = found[chosen]
     local_model = LocalModel(path)
     try:
         rp.check_model(record, local_model.sha256, local_model.engine_name, str(path))
-        fields = params | {"stop": tuple(params["stop"] or ())}
         try:
-            return local_model.generate(record["prompt"], SamplingParams(**fields))["text"]
+            return replayer.local(local_model, record)
         except ServiceError as exc:
             raise ClientError(f"the replay failed: {exc.message}", rp.CANNOT) from None
     finally:

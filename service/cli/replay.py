@@ -1,7 +1,8 @@
 """`minivault replay`'s workings: find a record, re-run it by its endpoint, compare the text.
 
-REPLAYERS maps a logged `endpoint` to how it is sent again; an endpoint family adds one entry
-(its request body from the logged parameters, and how to read the text back).
+REPLAYERS (the native endpoints here, /v1 from replay_openai.py) maps a logged `endpoint` to how
+it is sent again; an endpoint family adds one entry (its checks, its request body from the logged
+parameters, how to read the texts back, and how to run it in-process).
 """
 
 from __future__ import annotations
@@ -11,17 +12,30 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from service.cli.http import USAGE, Client, ClientError, generation_body
+from service.cli import replay_openai as v1
+from service.cli.http import Client, ClientError, generation_body
+from service.cli.replay_openai import CANNOT, no_prompts
 
-CANNOT = USAGE  # exit status when a record cannot be replayed (wrong model, no prompt, unknown id)
 NATIVE_PARAMS = ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "seed", "stop")
 
 
 class Replayer(NamedTuple):
-    """How to re-send one endpoint's record: over HTTP, and which native parameters it maps to."""
+    """How to re-send one endpoint's record (over HTTP or in-process) and which texts to compare.
 
-    http: Callable[[Client, dict[str, Any]], str]
-    params: Callable[[dict[str, Any]], dict[str, Any]]  # the record's params -> native SamplingParams fields
+    Each returns one text per choice, in the record's order: native records have one.
+    """
+
+    check: Callable[[dict[str, Any]], None]  # raise ClientError (CANNOT) if it cannot be replayed exactly
+    logged: Callable[[dict[str, Any]], list[str]]
+    seeds: Callable[[dict[str, Any]], list[Any]]
+    http: Callable[[Client, dict[str, Any]], list[str]]
+    local: Callable[[Any, dict[str, Any]], list[str]]  # (a runtime.replay.LocalModel, record)
+
+
+def _native_check(record: dict[str, Any]) -> None:
+    if record.get("prompt") is None or record.get("response") is None:
+        raise no_prompts(record)
+    _native_params(record)
 
 
 def _native_params(record: dict[str, Any]) -> dict[str, Any]:
@@ -33,20 +47,41 @@ def _native_params(record: dict[str, Any]) -> dict[str, Any]:
     return {name: params[name] for name in NATIVE_PARAMS}
 
 
-def _generate(client: Client, record: dict[str, Any]) -> str:
+def _native_body(record: dict[str, Any]) -> dict[str, Any]:
+    """The native request again, to the server's model of the record's sha256 (`served_model`)."""
     body = generation_body(record["prompt"], **_native_params(record))
-    return client.generate(body).get("response", "")
+    return body | ({"model": record["served_model"]} if record.get("served_model") else {})
 
 
-def _stream(client: Client, record: dict[str, Any]) -> str:
-    body = generation_body(record["prompt"], **_native_params(record))
+def _generate(client: Client, record: dict[str, Any]) -> list[str]:
+    return [client.generate(_native_body(record)).get("response", "")]
+
+
+def _stream(client: Client, record: dict[str, Any]) -> list[str]:
+    body = _native_body(record)
     with closing(client.stream(body)) as chunks:
-        return "".join(chunks)
+        return ["".join(chunks)]
+
+
+def _native_local(model: Any, record: dict[str, Any]) -> list[str]:
+    """The logged native parameters are SamplingParams fields under their own names."""
+    from service.engine.sampling import SamplingParams
+
+    params = _native_params(record)
+    fields = params | {"stop": tuple(params["stop"] or ())}
+    return [model.generate(record["prompt"], SamplingParams(**fields))["text"]]
+
+
+def _native(http: Callable[[Client, dict[str, Any]], list[str]]) -> Replayer:
+    return Replayer(_native_check, lambda r: [r["response"]], lambda r: [(r.get("params") or {}).get("seed")],
+                    http, _native_local)
 
 
 REPLAYERS: dict[str, Replayer] = {
-    "/generate": Replayer(_generate, _native_params),
-    "/generate/stream": Replayer(_stream, _native_params),
+    "/generate": _native(_generate),
+    "/generate/stream": _native(_stream),
+    "/v1/completions": Replayer(v1.check_completion, v1.logged, v1.seeds, v1.http_completion, v1.local_completion),
+    "/v1/chat/completions": Replayer(v1.check_chat, v1.logged_chat, v1.seeds, v1.http_chat, v1.local_chat),
 }
 
 
@@ -77,17 +112,15 @@ def find_record(record_id: str, db: Path | None, log_file: Path | None) -> dict[
 
 def check_replayable(record: dict[str, Any]) -> Replayer:
     """The record's replayer, or a clear refusal saying what is missing."""
-    if record.get("prompt") is None or record.get("response") is None:
-        raise ClientError(f"record {record['id']} has no prompt/response (logged with MINIVAULT_LOG_PROMPTS=false): "
-                          "nothing to replay", CANNOT)
-    if not record.get("model_sha256"):
-        raise ClientError(f"record {record['id']} has no model_sha256 (logged by an older MiniVault): "
-                          "the model it ran on cannot be checked", CANNOT)
     replayer = REPLAYERS.get(record.get("endpoint") or "")
     if replayer is None:
         known = ", ".join(sorted(REPLAYERS))
         raise ClientError(f"record {record['id']} is from {record.get('endpoint')}, which replay does not know "
                           f"(it replays {known})", CANNOT)
+    replayer.check(record)
+    if not record.get("model_sha256"):
+        raise ClientError(f"record {record['id']} has no model_sha256 (logged by an older MiniVault): "
+                          "the model it ran on cannot be checked", CANNOT)
     return replayer
 
 
@@ -101,13 +134,43 @@ def check_model(record: dict[str, Any], sha256: str | None, engine: str | None, 
                           f"but {where} uses {engine}", CANNOT)
 
 
-def server_model(client: Client) -> tuple[str | None, str | None]:
-    """The server's model sha256 and engine, from /health."""
-    with client._call():
-        response = client._http.get("/health")
-    health = client._json(response)
-    sha = health.get("model_sha256") or (health.get("manifest") or {}).get("sha256")
-    return sha, health.get("engine")
+def server_model(client: Client, record: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """(model id, sha256, engine) of the server's model for a record, from /health: the loaded model
+    with the record's sha256, else the model of the record's id (loaded first, to learn its sha256)."""
+    health = client.health()
+    entries = health.get("models")
+    if entries is None:  # a server of one model, older than several-model serving
+        sha = health.get("model_sha256") or (health.get("manifest") or {}).get("sha256")
+        return health.get("model"), sha, health.get("engine")
+    for entry in entries:
+        if entry.get("model_sha256") == record["model_sha256"]:
+            return entry["id"], entry["model_sha256"], entry.get("engine")
+    model = record.get("model")
+    if not any(entry["id"] == model for entry in entries):
+        return None, None, None
+    client.post_json("/tokenize", {"text": "", "model": model})  # loads it, if it is not loaded
+    entry = next((e for e in client.health().get("models") or [] if e["id"] == model), {})
+    return model, entry.get("model_sha256"), entry.get("engine")
+
+
+def compare(logged: list[str], replayed: list[str]) -> str | None:
+    """None when every choice is identical, else where the first differing one first differs."""
+    if len(logged) != len(replayed):
+        return f"{len(logged)} choice(s) logged but {len(replayed)} replayed"
+    for i, (a, b) in enumerate(zip(logged, replayed)):
+        at = first_difference(a, b)
+        if at is not None:
+            where = describe_difference(a, b, at)
+            return where if len(logged) == 1 else f"choice {i} {where}"
+    return None
+
+
+def summary(texts: list[str], seeds: list[Any]) -> str:
+    """`N characters, seed S`, with the number of choices and every seed when there are several."""
+    chars = f"{sum(len(t) for t in texts)} characters"
+    if len(texts) == 1:
+        return f"{chars}, seed {seeds[0]}"
+    return f"{len(texts)} choices, {chars}, seeds {', '.join(str(s) for s in seeds)}"
 
 
 def first_difference(a: str, b: str) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from service.engine.sampling import SamplingParams
 from service.runtime.loading import (
@@ -28,10 +28,26 @@ class LocalModel:
         self._libdir = Path(tempfile.mkdtemp(prefix="minivault-lib-"))
         self._engine = load_engines(self.path, 1, threads, self._libdir)[0]
 
+    @property
+    def engine(self) -> Any:
+        """The loaded engine (its context length, vocabulary size, end-of-text id)."""
+        return self._engine
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids for `text`, as the scheduler tokenizes a prompt."""
+        return self._engine.tokenizer.encode(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text for token ids, as the scheduler decodes them."""
+        return self._engine.tokenizer.decode(ids)
+
     def generate(self, prompt: str, params: SamplingParams) -> dict[str, Any]:
         """The text and finish reason of one generation, as a worker would produce them."""
+        return self.generate_ids(self.tokenize(prompt), params)
+
+    def generate_ids(self, ids: list[int], params: SamplingParams) -> dict[str, Any]:
+        """Like generate, from token ids (a /v1 empty prompt is end-of-text, not no tokens)."""
         engine = self._engine
-        ids = engine.tokenizer.encode(prompt)
         engine.check_fits(len(ids), params.max_new_tokens)
         gen = engine.generate(ids, params)
         for _ in gen:

@@ -136,11 +136,12 @@ class Runtime:
             self.metrics.observe_job(job)
 
     def record_group(self, group: JobGroup, endpoint: str, params: dict[str, Any], extra: dict[str, Any],
-                     n: int = 1) -> None:
+                     n: int = 1, inputs: dict[str, Any] | None = None) -> None:
         """Write the one log record of a request run as several jobs (its choices), when all have ended.
 
         Jobs come prompt by prompt, `n` choices each; `params` are the request's parameters under
-        its API's names; `extra` adds fields (user, ...).
+        its API's names; `extra` adds fields (user, ...); `inputs` (chat's messages) are logged
+        beside the prompt, and like it only with log_prompts.
         """
         jobs = group.jobs
         statuses = [j.status for j in jobs]
@@ -149,6 +150,7 @@ class Runtime:
         if self.settings.log_prompts:
             prompts = [j.prompt for j in jobs[::n]]  # the n choices of a prompt share it
             record["prompt"] = prompts[0] if len(prompts) == 1 else prompts
+            record |= inputs or {}
         record["params"] = params
         record["choices"] = [
             {"index": i, "status": j.status, "finish_reason": j.finish_reason, "completion_tokens": j.completion_tokens,
