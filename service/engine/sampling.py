@@ -106,31 +106,30 @@ class Sampler:
         """The ids a penalty or bias touches (sorted, unique) and their adjusted float64 logits."""
         p = self.params
         n = len(logits)
-        seen = counted = np.empty(0, dtype=np.int64)
+        # Sets and sorted lists in Python: for the few dozen ids here, faster than numpy's set routines
+        seen: set[int] = set()
         if p.repetition_penalty != 1.0 and history:
-            seen = np.fromiter(set(history[-REPEAT_LAST_N:]), dtype=np.int64)
-            seen = seen[(seen >= 0) & (seen < n)]
+            seen = {t for t in history[-REPEAT_LAST_N:] if 0 <= t < n}
         counts: Counter[int] = Counter()
         if (p.presence_penalty or p.frequency_penalty) and len(history) > self.prompt_len:
             counts = Counter(t for t in history[self.prompt_len:] if 0 <= t < n)
-            counted = np.fromiter(counts, dtype=np.int64)
-        biased = [t for t, _ in p.logit_bias if 0 <= t < n]
-        ids = np.union1d(np.union1d(seen, counted), np.array(biased, dtype=np.int64))
+        touched = seen | counts.keys() | {t for t, _ in p.logit_bias if 0 <= t < n}
+        ids = np.array(sorted(touched), dtype=np.int64)
         if not ids.size:
             return ids, np.empty(0, dtype=np.float64)
         vals = _finite(np.asarray(logits)[ids])
-        # The same float64 operations, in the same order, as on the whole vocabulary: same values
-        if seen.size:
-            at = np.searchsorted(ids, seen)
+        # The same float64 operations, in the same order, as on the whole vocabulary: the same values
+        if seen:
+            at = np.searchsorted(ids, np.array(sorted(seen), dtype=np.int64))
             with np.errstate(over="ignore", under="ignore"):
                 vals[at] = np.where(vals[at] > 0, vals[at] / p.repetition_penalty, vals[at] * p.repetition_penalty)
-        if counted.size:
-            freq = np.fromiter(counts.values(), dtype=np.float64)
-            vals[np.searchsorted(ids, counted)] -= p.presence_penalty + p.frequency_penalty * freq
+        if counts:
+            at = np.searchsorted(ids, np.fromiter(counts, dtype=np.int64, count=len(counts)))
+            vals[at] -= p.presence_penalty + p.frequency_penalty * np.fromiter(counts.values(), dtype=np.float64)
         for token, bias in p.logit_bias:
             if 0 <= token < n:
                 vals[np.searchsorted(ids, token)] += bias  # one by one: a repeated id adds twice
-        return ids, np.clip(np.nan_to_num(vals, nan=-_BIG), -_BIG, _BIG)
+        return ids, _finite(vals)
 
     def _top(self, logits: np.ndarray, history: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best tokens by adjusted logit (ties: the lower id first), best first, and those logits.
@@ -138,16 +137,23 @@ class Sampler:
         Works on a few candidates only: the untouched logits are the model's, so the k best are
         among the ids touched by a penalty or bias and the ids whose raw logit reaches the
         (k + touched)-th largest raw logit (all of them, so ties are settled by id below).
+        Logits with a NaN or too few finite values take the whole-vocabulary path instead.
         """
         raw = np.asarray(logits)
         touched, vals = self._penalised(raw, history)
         n = raw.size
         kk = k + touched.size
-        cut = -np.partition(-raw, kk - 1)[kk - 1] if kk < n else None  # NaN sorts last: never a candidate
-        if cut is None or not np.isfinite(cut):  # a short, or non-finite, vocabulary: all of it
+        best = raw.max()  # NaN if any logit is NaN
+        if kk < n and np.isfinite(best):
+            cut = best if kk == 1 else np.partition(raw, n - kk)[n - kk]  # the kk-th largest raw logit
+        else:
+            cut = None
+        if cut is None or not np.isfinite(cut):  # a short vocabulary, NaN or -inf: all of it, as it was
             cand, cvals = np.arange(n), _finite(raw)
         else:
-            cand = np.union1d(np.flatnonzero(raw >= cut), touched)
+            mask = raw >= cut
+            mask[touched] = True
+            cand = np.flatnonzero(mask)  # sorted
             cvals = _finite(raw[cand])  # +inf may be among them
         cvals[np.searchsorted(cand, touched)] = vals
         order = np.argsort(-cvals, kind="stable")[:k]  # cand is sorted: a stable sort puts the lower id first
@@ -171,5 +177,7 @@ class Sampler:
 
 
 def _finite(logits: np.ndarray) -> np.ndarray:
-    """A float64 copy with NaN as -_BIG and everything clipped to +-_BIG."""
-    return np.clip(np.nan_to_num(np.array(logits, dtype=np.float64), nan=-_BIG), -_BIG, _BIG)
+    """A float64 copy with NaN as -_BIG and everything (infinities too) clipped to +-_BIG."""
+    x = np.array(logits, dtype=np.float64)
+    x[np.isnan(x)] = -_BIG
+    return np.clip(x, -_BIG, _BIG, out=x)

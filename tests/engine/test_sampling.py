@@ -223,16 +223,23 @@ def test_draws_are_identical_on_a_gpt2_sized_vocabulary():
             assert new(logits, history) == old(logits, history)
 
 
-def test_nan_and_infinite_logits_are_handled_as_before():
-    logits = np.full(500, np.nan, dtype=np.float32)
-    logits[[3, 70, 71]] = [np.inf, 2.0, -np.inf]
-    for params in ({"temperature": 0.0}, {"top_k": 2}, {"top_k": 0, "temperature": 1.0}, {"top_k": 499}):
-        sp = SamplingParams(**params, seed=1)
+@pytest.mark.parametrize("params", [{"temperature": 0.0}, {"top_k": 2}, {"top_k": 0, "temperature": 1.0},
+                                    {"top_k": 499}, {"top_k": 40, "presence_penalty": 2.0}])
+def test_nan_and_infinite_logits_are_handled_as_before(params):
+    mostly_nan = np.full(500, np.nan, dtype=np.float32)
+    mostly_nan[[3, 70, 71]] = [np.inf, 2.0, -np.inf]
+    some_inf = np.random.default_rng(0).standard_normal(500).astype(np.float32)
+    some_inf[[3, 70, 71]] = [-np.inf, -np.inf, np.inf]
+    some_minus_inf = some_inf.copy()
+    some_minus_inf[71] = -np.inf
+    sp = SamplingParams(**params, seed=1)
+    for logits in (mostly_nan, some_inf, some_minus_inf):
         new, old = Sampler(sp), ReferenceSampler(sp)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            for history in ([], [3], [3, 70]):
-                assert new(logits, history) == old(logits, history)
+            for history in ([], [3], [3, 70], [71, 71, 5]):
+                for _ in range(5):
+                    assert new(logits, history) == old(logits, history)
     assert Sampler(SamplingParams(temperature=0.0))(np.full(9, np.nan, dtype=np.float32), []) == 0
 
 
