@@ -87,6 +87,8 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self.prompt_len = prompt_len  # presence/frequency penalties count only tokens after the prompt
         self.logprobs: list[TokenLogprob] = []
+        self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
+        self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float64)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """Choose the next token id from the model's logits, given the tokens so far."""
@@ -126,9 +128,10 @@ class Sampler:
         if counts:
             at = np.searchsorted(ids, np.fromiter(counts, dtype=np.int64, count=len(counts)))
             vals[at] -= p.presence_penalty + p.frequency_penalty * np.fromiter(counts.values(), dtype=np.float64)
-        for token, bias in p.logit_bias:
-            if 0 <= token < n:
-                vals[np.searchsorted(ids, token)] += bias  # one by one: a repeated id adds twice
+        if self._bias_ids.size:
+            ok = (self._bias_ids >= 0) & (self._bias_ids < n)
+            # np.add.at adds one by one, in order: a repeated id adds twice, as a loop would
+            np.add.at(vals, np.searchsorted(ids, self._bias_ids[ok]), self._bias[ok])
         return ids, _finite(vals)
 
     def _top(self, logits: np.ndarray, history: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
