@@ -51,6 +51,7 @@ from service.api.schemas_openai import (
     CompletionUsage,
     Model,
     ModelList,
+    PromptTokensDetails,
 )
 from service.errors import ContextOverflow, GenerationFailed
 from service.runtime.runtime import Runtime
@@ -67,9 +68,13 @@ def _new_id(request: Request, prefix: str) -> str:
 
 
 def _usage(group: JobGroup, n: int) -> CompletionUsage:
-    prompt = sum(len(j.prompt_ids) for j in group.jobs[::n])
+    """OpenAI's usage: each prompt (and what the cache gave its first choice) counted once."""
+    firsts = group.jobs[::n]
+    prompt = sum(len(j.prompt_ids) for j in firsts)
     completion = sum(j.completion_tokens for j in group.jobs)
-    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    cached = PromptTokensDetails(cached_tokens=sum(j.cached_tokens for j in firsts))
+    return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                           prompt_tokens_details=cached)
 
 
 def _finish(job: Job) -> str:
@@ -106,7 +111,8 @@ async def _admit_to(scheduler: Scheduler, runtime: Runtime, request: Request, da
 
     try:
         group = scheduler.admit_group(request.url.path, items, rid, on_finish,
-                                      key_id=request.scope["state"].get("key_id"))
+                                      key_id=request.scope["state"].get("key_id"),
+                                      cache_prompt=data.cache_prompt and runtime.settings.cache_prompt)
         request.scope["state"]["job"] = rid  # its jobs are counted in the metrics when they end
         return rid, group
     except ContextOverflow as exc:  # say it with this API's field name

@@ -10,6 +10,7 @@ from msgspec import Meta
 from service.api.schemas import (
     MAX_CONTEXT,
     Base,
+    CachePrompt,
     RepetitionPenalty,
     Seed,
     StopString,
@@ -74,6 +75,7 @@ class _Sampling(Base):
     user: User | None = None
     top_k: TopK = 0  # MiniVault's extra; 0 is off, as OpenAI has no top-k
     repetition_penalty: RepetitionPenalty = 1.0  # MiniVault's extra; 1 is off
+    cache_prompt: CachePrompt = True  # MiniVault's extra, as on the native API (llama-server's name)
 
 
 class CompletionRequest(_Sampling, kw_only=True):
@@ -107,10 +109,17 @@ class ChatRequest(_Sampling, kw_only=True):
 
 
 # --- responses ---------------------------------------------------------------------------------
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: Annotated[int, Meta(ge=0, description=(
+        "Prompt tokens served from the model instance's KV state (prefix reuse) instead of being "
+        "evaluated; counted, like `prompt_tokens`, once per prompt (its first choice)."))]
+
+
 class CompletionUsage(msgspec.Struct):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class LegacyLogprobs(msgspec.Struct):

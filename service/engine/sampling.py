@@ -3,6 +3,12 @@ frequency penalties, logit bias, seed; and the log-probabilities of the model's 
 
 Every accepted parameter value is numerically safe: logits are kept finite and shifted so the
 best one is 0 before dividing by the temperature, so no value (however small) gives NaN.
+
+Only the few ids a penalty or bias names are adjusted, and only the top-k candidates (found on the
+model's float32 logits) go through temperature, softmax, top-p and the draw, in float64. The values
+are the same as working on the whole vocabulary in float64, so a seed draws the same tokens as
+before; the one rule made explicit is ties: among equal adjusted logits the lower id ranks first
+(for the k-th place, for the order the draw walks, and for greedy, which was np.argmax's rule).
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self.prompt_len = prompt_len  # presence/frequency penalties count only tokens after the prompt
         self.logprobs: list[TokenLogprob] = []
+        self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
+        self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float64)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """Choose the next token id from the model's logits, given the tokens so far."""
@@ -91,43 +99,88 @@ class Sampler:
 
     def adjusted(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """The logits after penalties and bias: float64, finite, clipped to +-_BIG."""
+        full = _finite(logits)  # a copy
+        ids, vals = self._penalised(logits, history)
+        full[ids] = vals
+        return full
+
+    def _penalised(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The ids a penalty or bias touches (sorted, unique) and their adjusted float64 logits."""
         p = self.params
-        logits = np.clip(np.nan_to_num(np.array(logits, dtype=np.float64), nan=-_BIG), -_BIG, _BIG)  # a copy
-        n = logits.size
+        n = len(logits)
+        # Sets and sorted lists in Python: for the few dozen ids here, faster than numpy's set routines
+        seen: set[int] = set()
         if p.repetition_penalty != 1.0 and history:
-            seen = np.fromiter(set(history[-REPEAT_LAST_N:]), dtype=np.int64)
-            seen = seen[(seen >= 0) & (seen < n)]
-            vals = logits[seen]
-            with np.errstate(over="ignore", under="ignore"):
-                logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+            seen = {t for t in history[-REPEAT_LAST_N:] if 0 <= t < n}
+        counts: Counter[int] = Counter()
         if (p.presence_penalty or p.frequency_penalty) and len(history) > self.prompt_len:
             counts = Counter(t for t in history[self.prompt_len:] if 0 <= t < n)
-            ids = np.fromiter(counts, dtype=np.int64)
-            freq = np.fromiter(counts.values(), dtype=np.float64)
-            logits[ids] -= p.presence_penalty + p.frequency_penalty * freq
-        for token, bias in p.logit_bias:
-            if 0 <= token < n:
-                logits[token] += bias
-        return np.clip(np.nan_to_num(logits, nan=-_BIG), -_BIG, _BIG)
+        touched = seen | counts.keys() | {t for t, _ in p.logit_bias if 0 <= t < n}
+        ids = np.array(sorted(touched), dtype=np.int64)
+        if not ids.size:
+            return ids, np.empty(0, dtype=np.float64)
+        vals = _finite(np.asarray(logits)[ids])
+        # The same float64 operations, in the same order, as on the whole vocabulary: the same values
+        if seen:
+            at = np.searchsorted(ids, np.array(sorted(seen), dtype=np.int64))
+            with np.errstate(over="ignore", under="ignore"):
+                vals[at] = np.where(vals[at] > 0, vals[at] / p.repetition_penalty, vals[at] * p.repetition_penalty)
+        if counts:
+            at = np.searchsorted(ids, np.fromiter(counts, dtype=np.int64, count=len(counts)))
+            vals[at] -= p.presence_penalty + p.frequency_penalty * np.fromiter(counts.values(), dtype=np.float64)
+        if self._bias_ids.size:
+            ok = (self._bias_ids >= 0) & (self._bias_ids < n)
+            # np.add.at adds one by one, in order: a repeated id adds twice, as a loop would
+            np.add.at(vals, np.searchsorted(ids, self._bias_ids[ok]), self._bias[ok])
+        return ids, _finite(vals)
+
+    def _top(self, logits: np.ndarray, history: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k best tokens by adjusted logit (ties: the lower id first), best first, and those logits.
+
+        Works on a few candidates only: the untouched logits are the model's, so the k best are
+        among the ids touched by a penalty or bias and the ids whose raw logit reaches the
+        (k + touched)-th largest raw logit (all of them, so ties are settled by id below).
+        Logits with a NaN or too few finite values take the whole-vocabulary path instead.
+        """
+        raw = np.asarray(logits)
+        touched, vals = self._penalised(raw, history)
+        n = raw.size
+        kk = k + touched.size
+        best = raw.max()  # NaN if any logit is NaN
+        if kk < n and np.isfinite(best):
+            cut = best if kk == 1 else np.partition(raw, n - kk)[n - kk]  # the kk-th largest raw logit
+        else:
+            cut = None
+        if cut is None or not np.isfinite(cut):  # a short vocabulary, NaN or -inf: all of it, as it was
+            cand, cvals = np.arange(n), _finite(raw)
+        else:
+            mask = raw >= cut
+            mask[touched] = True
+            cand = np.flatnonzero(mask)  # sorted
+            cvals = _finite(raw[cand])  # +inf may be among them
+        cvals[np.searchsorted(cand, touched)] = vals
+        order = np.argsort(-cvals, kind="stable")[:k]  # cand is sorted: a stable sort puts the lower id first
+        return cand[order], cvals[order]
 
     def _choose(self, logits: np.ndarray, history: Sequence[int]) -> int:
         p = self.params
-        logits = self.adjusted(logits, history)
         if p.temperature == 0.0:
-            return int(np.argmax(logits))
-        logits -= logits.max()  # the best is 0, the rest <= 0 and finite
+            return int(self._top(logits, history, 1)[0][0])  # the argmax of the adjusted logits
+        k = p.top_k if 0 < p.top_k < len(logits) else len(logits)
+        ids, vals = self._top(logits, history, k)
+        vals -= vals[0]  # the best is 0, the rest <= 0 and finite
         with np.errstate(over="ignore", under="ignore"):
-            logits /= p.temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
-        if 0 < p.top_k < logits.size:
-            ids = np.argpartition(-logits, p.top_k - 1)[: p.top_k]
-        else:
-            ids = np.arange(logits.size)
-        order = np.argsort(-logits[ids], kind="stable")
-        ids, vals = ids[order], logits[ids][order]
-        with np.errstate(under="ignore"):
-            probs = np.exp(vals - vals[0])  # probs[0] == 1: the sum is >= 1
+            vals /= p.temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
+            probs = np.exp(vals)  # probs[0] == 1: the sum is >= 1
         probs /= probs.sum()
         if p.top_p < 1.0:
             keep = min(int(np.searchsorted(np.cumsum(probs), p.top_p) + 1), ids.size)
             ids, probs = ids[:keep], probs[:keep] / probs[:keep].sum()
         return int(ids[self._rng.choice(ids.size, p=probs)])
+
+
+def _finite(logits: np.ndarray) -> np.ndarray:
+    """A float64 copy with NaN as -_BIG and everything (infinities too) clipped to +-_BIG."""
+    x = np.array(logits, dtype=np.float64)
+    x[np.isnan(x)] = -_BIG
+    return np.clip(x, -_BIG, _BIG, out=x)

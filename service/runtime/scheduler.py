@@ -205,7 +205,8 @@ class Scheduler:
         return job
 
     def admit_group(self, endpoint: str, items: Sequence[tuple[str, list[int], SamplingParams]],
-                    request_id: str, on_finish: Callable[[JobGroup], None], key_id: str | None = None) -> JobGroup:
+                    request_id: str, on_finish: Callable[[JobGroup], None], key_id: str | None = None,
+                    cache_prompt: bool = True) -> JobGroup:
         """Admit every (prompt, ids, params) as its own job, or none of them; `on_finish` runs once,
         when the last has ended (instead of each job's own log record)."""
         self.check_capacity()
@@ -224,7 +225,7 @@ class Scheduler:
         group._left = len(items)
         loop = asyncio.get_running_loop()
         for i, (prompt, prompt_ids, params) in enumerate(items):
-            job = Job(endpoint, prompt, prompt_ids, params, f"{request_id}-{i}", key_id)
+            job = Job(endpoint, prompt, prompt_ids, params, f"{request_id}-{i}", key_id, cache_prompt)
             job.model_id, job.model_sha256 = self.model_id, self.model_sha256
             job.group = group
             group.jobs.append(job)

@@ -100,6 +100,36 @@ def test_streamed_completion_with_usage(client):
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 6
 
 
+LONG = "It was a bright cold day in April, and the clocks were striking thirteen. " * 4  # > 32 tokens
+
+
+def test_usage_reports_the_prompt_tokens_served_from_the_prefix_cache(client):
+    def cached(usage) -> int:
+        assert 0 <= usage.prompt_tokens_details.cached_tokens <= usage.prompt_tokens
+        return usage.prompt_tokens_details.cached_tokens
+
+    kw = {"model": M, "max_tokens": 3, "temperature": 0.0}
+    first = client.completions.create(prompt="First: " + LONG, **kw).usage
+    assert first.prompt_tokens > 32 and cached(first) == 0
+    again = client.completions.create(prompt="First: " + LONG, **kw).usage
+    assert cached(again) == again.prompt_tokens  # the very same prompt: none of it evaluated
+    off = client.completions.create(prompt="First: " + LONG, extra_body={"cache_prompt": False}, **kw).usage
+    assert cached(off) == 0
+    streamed = list(client.completions.create(prompt="First: " + LONG, stream=True,
+                                              stream_options={"include_usage": True}, **kw))
+    assert cached(streamed[-1].usage) == streamed[-1].usage.prompt_tokens
+
+    msgs = [{"role": "user", "content": "Second: " + LONG}]
+    chat = [client.chat.completions.create(messages=msgs, **kw).usage for _ in range(2)]
+    assert cached(chat[0]) == 0 and cached(chat[1]) > 0
+    chunks = list(client.chat.completions.create(messages=msgs, stream=True, stream_options={"include_usage": True},
+                                                 extra_body={"cache_prompt": False}, **kw))
+    assert chunks[-1].choices == [] and cached(chunks[-1].usage) == 0
+    chunks = list(client.chat.completions.create(messages=msgs, stream=True, stream_options={"include_usage": True},
+                                                 **kw))
+    assert cached(chunks[-1].usage) > 0
+
+
 def _engine_logprobs(model: Path, ids: list[int]) -> list[np.ndarray]:
     """log-softmax after each prefix, from the engine's logits directly (one position at a time)."""
     engine = Engine(model, threads=1, tokenizer=load_tokenizer(model))

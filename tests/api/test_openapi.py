@@ -40,6 +40,11 @@ def test_limits_inside_lists_and_unions_are_documented(schema):
     assert oai["n"]["maximum"] == 8 and oai["logprobs"]["anyOf"][0]["maximum"] == 5
     assert oai["presence_penalty"]["minimum"] == -2.0 and oai["max_tokens"]["anyOf"][0]["minimum"] == 0
     assert sorted(comp["ChatMessage"]["properties"]["role"]["enum"]) == ["assistant", "developer", "system", "user"]
+    usage = comp["CompletionUsage"]
+    assert "prompt_tokens_details" in usage["required"]
+    details = comp["PromptTokensDetails"]["properties"]["cached_tokens"]
+    assert details["minimum"] == 0 and "prefix reuse" in details["description"]
+    assert "cache_prompt" in oai and "cache_prompt" in comp["ChatRequest"]["properties"]
 
 
 def test_every_route_documents_its_errors_and_media_types(schema):

@@ -112,3 +112,148 @@ def test_logprobs_are_the_log_softmax_of_the_models_own_logits():
     assert [lp for _, lp in entry.top] == pytest.approx(expected[[1, 4, 2]].tolist(), abs=1e-12)
     assert np.exp(log_softmax(WIDE)).sum() == pytest.approx(1.0)
     assert token_logprob(WIDE, 5, 0).logprob == -9999.0  # underflows: OpenAI's floor, not -inf
+
+
+# --- the top-k-only sampler against the whole-vocabulary one it replaced ----------------------------
+from collections import Counter  # noqa: E402
+
+from service.engine.sampling import REPEAT_LAST_N  # noqa: E402
+
+_BIG = 1e300
+
+
+class ReferenceSampler:
+    """The sampler as it was before it worked on the top-k only: every step on the whole
+    vocabulary in float64. Kept as the reference the new one must draw identically to."""
+
+    def __init__(self, params: SamplingParams, prompt_len: int = 0) -> None:
+        self.params, self.prompt_len = params, prompt_len
+        self._rng = np.random.default_rng(params.seed)
+
+    def adjusted(self, logits: np.ndarray, history: list[int]) -> np.ndarray:
+        """Penalties and bias applied to a float64 copy of all the logits."""
+        p = self.params
+        logits = np.clip(np.nan_to_num(np.array(logits, dtype=np.float64), nan=-_BIG), -_BIG, _BIG)
+        n = logits.size
+        if p.repetition_penalty != 1.0 and history:
+            seen = np.fromiter(set(history[-REPEAT_LAST_N:]), dtype=np.int64)
+            seen = seen[(seen >= 0) & (seen < n)]
+            vals = logits[seen]
+            with np.errstate(over="ignore", under="ignore"):
+                logits[seen] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        if (p.presence_penalty or p.frequency_penalty) and len(history) > self.prompt_len:
+            counts = Counter(t for t in history[self.prompt_len:] if 0 <= t < n)
+            ids = np.fromiter(counts, dtype=np.int64)
+            freq = np.fromiter(counts.values(), dtype=np.float64)
+            logits[ids] -= p.presence_penalty + p.frequency_penalty * freq
+        for token, bias in p.logit_bias:
+            if 0 <= token < n:
+                logits[token] += bias
+        return np.clip(np.nan_to_num(logits, nan=-_BIG), -_BIG, _BIG)
+
+    def __call__(self, logits: np.ndarray, history: list[int]) -> int:
+        """The next token, exactly as the whole-vocabulary sampler chose it."""
+        p = self.params
+        logits = self.adjusted(logits, history)
+        if p.temperature == 0.0:
+            return int(np.argmax(logits))
+        logits -= logits.max()
+        with np.errstate(over="ignore", under="ignore"):
+            logits /= p.temperature
+        if 0 < p.top_k < logits.size:
+            ids = np.argpartition(-logits, p.top_k - 1)[: p.top_k]
+        else:
+            ids = np.arange(logits.size)
+        order = np.argsort(-logits[ids], kind="stable")
+        ids, vals = ids[order], logits[ids][order]
+        with np.errstate(under="ignore"):
+            probs = np.exp(vals - vals[0])
+        probs /= probs.sum()
+        if p.top_p < 1.0:
+            keep = min(int(np.searchsorted(np.cumsum(probs), p.top_p) + 1), ids.size)
+            ids, probs = ids[:keep], probs[:keep] / probs[:keep].sum()
+        return int(ids[self._rng.choice(ids.size, p=probs)])
+
+
+PARAM_SETS = [
+    {},  # the defaults: temperature 0.8, top-k 40, top-p 0.95, repetition penalty 1.1
+    {"temperature": 0.0},
+    {"temperature": 0.0, "repetition_penalty": 3.0, "presence_penalty": 1.5},
+    {"temperature": 1.0, "top_k": 1},
+    {"temperature": 1.3, "top_k": 5, "top_p": 1.0},
+    {"temperature": 0.7, "top_k": 200, "top_p": 0.5, "repetition_penalty": 1.5},
+    {"temperature": 1.0, "top_k": 0, "top_p": 0.9},
+    {"temperature": 2.0, "top_k": 50_000, "top_p": 1.0},
+    {"temperature": 0.9, "presence_penalty": 2.0, "frequency_penalty": 0.5, "repetition_penalty": 1.0},
+    {"temperature": 1.0, "presence_penalty": -2.0, "frequency_penalty": -1.0},
+    {"temperature": 0.8, "logit_bias": ((7, 100.0), (9, -100.0), (7, 3.0), (2999, 5.0))},
+    {"temperature": 0.8, "top_k": 3, "logit_bias": tuple((i, 20.0) for i in range(10, 40))},
+    {"temperature": 1e-30},
+]
+
+
+def _steps(vocab: int, seed: int, steps: int) -> list[tuple[np.ndarray, list[int]]]:
+    """Random float32 logits shaped like a model's, and a history that repeats tokens."""
+    rng = np.random.default_rng(1000 + seed)
+    history = [int(t) for t in rng.integers(0, vocab, size=12)]  # the prompt
+    out = []
+    for _ in range(steps):
+        logits = (rng.standard_normal(vocab) * 3).astype(np.float32)
+        logits[history[-5:]] += 4  # make the penalised tokens contenders
+        out.append((logits, list(history)))
+        history.append(int(rng.choice(history)) if rng.random() < 0.5 else int(rng.integers(0, vocab)))
+    return out
+
+
+@pytest.mark.parametrize("params", PARAM_SETS, ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items())[:60] or "defaults")
+def test_draws_are_identical_to_the_whole_vocabulary_sampler(params):
+    for seed in range(40):
+        sp = SamplingParams(**params, seed=seed)
+        new, old = Sampler(sp, prompt_len=12), ReferenceSampler(sp, prompt_len=12)
+        for logits, history in _steps(3000, seed, 8):
+            assert new(logits, history) == old(logits, history), (seed, history)
+            assert np.array_equal(new.adjusted(logits, history), old.adjusted(logits, history))
+
+
+def test_draws_are_identical_on_a_gpt2_sized_vocabulary():
+    for seed in range(10):
+        sp = SamplingParams(seed=seed, presence_penalty=0.3, frequency_penalty=0.2)
+        new, old = Sampler(sp, prompt_len=12), ReferenceSampler(sp, prompt_len=12)
+        for logits, history in _steps(50_257, seed, 10):
+            assert new(logits, history) == old(logits, history)
+
+
+@pytest.mark.parametrize("params", [{"temperature": 0.0}, {"top_k": 2}, {"top_k": 0, "temperature": 1.0},
+                                    {"top_k": 499}, {"top_k": 40, "presence_penalty": 2.0}])
+def test_nan_and_infinite_logits_are_handled_as_before(params):
+    mostly_nan = np.full(500, np.nan, dtype=np.float32)
+    mostly_nan[[3, 70, 71]] = [np.inf, 2.0, -np.inf]
+    some_inf = np.random.default_rng(0).standard_normal(500).astype(np.float32)
+    some_inf[[3, 70, 71]] = [-np.inf, -np.inf, np.inf]
+    some_minus_inf = some_inf.copy()
+    some_minus_inf[71] = -np.inf
+    sp = SamplingParams(**params, seed=1)
+    for logits in (mostly_nan, some_inf, some_minus_inf):
+        new, old = Sampler(sp), ReferenceSampler(sp)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for history in ([], [3], [3, 70], [71, 71, 5]):
+                for _ in range(5):
+                    assert new(logits, history) == old(logits, history)
+    assert Sampler(SamplingParams(temperature=0.0))(np.full(9, np.nan, dtype=np.float32), []) == 0
+
+
+def test_ties_go_to_the_lower_id():
+    # Ten equal best logits and top_k 3: the three lowest ids, whatever the partition picks.
+    logits = np.zeros(5000, dtype=np.float32)
+    logits[[4100, 17, 2500, 9, 300, 4999, 1200, 60, 3333, 800]] = 5.0
+    assert set(draws_on(logits, 400, top_k=3, top_p=1.0, temperature=1.0)) == {9, 17, 60}
+    assert set(draws_on(logits, 5, temperature=0.0)) == {9}
+    # A penalty that brings a token level with the others ties it by id too.
+    assert set(draws_on(logits, 400, [4, 4], top_k=3, top_p=1.0, logit_bias=((4, 5.0),))) == {4, 9, 17}
+
+
+def draws_on(logits: np.ndarray, n: int, history: list[int] | None = None, **params) -> list[int]:
+    """n draws from one sampler on the same logits and history."""
+    sampler = Sampler(SamplingParams(repetition_penalty=1.0, **params))
+    return [sampler(logits, history or []) for _ in range(n)]
