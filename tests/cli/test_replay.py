@@ -129,3 +129,33 @@ def test_an_unknown_id_is_refused(server):
     result = replay(server, "no-such-id")
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.startswith("minivault: no record with id no-such-id in ")
+
+
+def test_a_record_from_another_engine_is_refused(server):
+    record = send(server, "/generate", {"temperature": 0})
+    with sqlite3.connect(server.log_file.with_name("log.db")) as conn:
+        conn.execute("UPDATE requests SET engine = 'llamacpp' WHERE id = ?", (record["id"],))
+    result = replay(server, record["id"])  # /health names the engine of each model
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"it ran on the llamacpp engine, but the server at {server.url} uses ctransformers" in result.stderr
+
+
+def test_replay_finds_the_records_model_among_several(gpt2_vocab_model, tiny_model, tmp_path):
+    import shutil
+
+    models = tmp_path / "models"
+    shutil.copytree(gpt2_vocab_model.parent, models / "words")
+    shutil.copytree(tiny_model.parent, models / "bytes")
+    s = LiveServer(models, tmp_path / "logs" / "log.jsonl", MINIVAULT_MODEL="", MINIVAULT_MODELS_DIR=str(models),
+                   MINIVAULT_PRELOAD="none", MINIVAULT_MAX_LOADED_MODELS="1")
+    try:
+        record = send(s, "/generate", {"temperature": 0.9, "seed": 5, "model": "bytes"})
+        assert record["model"] == "bytes"
+        send(s, "/generate", {"temperature": 0, "model": "words"})  # unloads `bytes`
+        assert {m["id"]: m["state"] for m in httpx.get(s.url + "/health").json()["models"]}["bytes"] == "unloaded"
+        result = replay(s, record["id"])  # loads `bytes` again to check its sha256, then replays on it
+        assert result.exit_code == 0 and result.stdout.startswith("identical:"), result.output
+        local = replay(s, record["id"], "--local", MINIVAULT_MODELS_DIR=str(models))  # the record's model
+        assert local.exit_code == 0 and local.stdout.startswith("identical:"), local.output
+    finally:
+        s.stop()
