@@ -42,7 +42,7 @@ from gguf_copy import ggml_to_gguf  # noqa: E402
 
 from tests.support.server import free_port  # noqa: E402
 
-DEFAULT_LLAMA_SERVER = ROOT.parent.parent / "shared" / "tools" / "llama-server" / "llama-server"
+DEFAULT_LLAMA_SERVER = ROOT.parent / "shared" / "tools" / "llama-server" / "llama-server"
 SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.1}
 
 
