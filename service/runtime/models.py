@@ -68,7 +68,12 @@ class ModelSlot:
         """Memory a load will take: measured last time, else each worker's copy of the file plus its KV cache."""
         if self.memory_mb is not None:
             return self.memory_mb
-        return self.workers * (self.path.stat().st_size / MB * 1.05 + 40)
+        try:
+            hp = self.header().hparams
+            kv = 2 * hp.n_layer * hp.n_ctx * hp.n_embd * 2  # keys and values, f16, the whole context
+        except ValueError:  # not a GGML file: its load will fail; count its size
+            kv = 0
+        return self.workers * (self.path.stat().st_size + kv) / MB
 
     def header(self) -> Any:
         """The file's GGML header (hparams: n_ctx, n_vocab, ftype), read once per version of the file."""

@@ -140,6 +140,24 @@ def test_least_recently_used_idle_model_makes_room(serve):
     assert (now["alpha"], now["beta"], now["gamma"]) == ("unloaded", "loaded", "loaded")
 
 
+def test_the_memory_budget_unloads_the_least_recently_used_idle_model(start_server, tmp_path, long_model):
+    root = tmp_path / "big"
+    for name in ("a", "b", "c"):  # 43 MiB each, 9 MiB of KV cache: two fit in 110 MiB, three do not
+        (root / name).mkdir(parents=True)
+        shutil.copyfile(long_model, root / name / "model.bin")
+    server = start_server(root, MINIVAULT_MODEL="", MINIVAULT_MODELS_DIR=str(root), MINIVAULT_PRELOAD="none",
+                          MINIVAULT_MODEL_MEMORY_MB="110")
+    url = server.url
+    for name in ("a", "b"):
+        assert generate(url, name).status_code == 200
+    assert (states(url)["a"], states(url)["b"]) == ("loaded", "loaded")
+    assert generate(url, "c").status_code == 200
+    assert states(url) == {"a": "unloaded", "b": "loaded", "c": "loaded"}
+    measured = {m["id"]: m["memory_mb"] for m in httpx.get(url + "/health").json()["models"]}
+    assert all(40 < measured[name] < 60 for name in "abc"), measured  # the file, as resident memory
+    assert 'minivault_model_events_total{event="unloaded_evicted",model="a"} 1.0' in httpx.get(url + "/metrics").text
+
+
 def test_a_generating_model_is_never_unloaded_to_make_room(serve):
     server = serve(MINIVAULT_MAX_LOADED_MODELS="1")
     url = server.url
