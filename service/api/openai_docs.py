@@ -63,7 +63,19 @@ def _operation_with(media_types: dict[str, Schema], only: bool = False) -> type[
 
 
 _TEXT = Schema(type=OpenAPIType.STRING, description="The generated text, chunk by chunk (chunked transfer).")
-_EVENTS = Schema(type=OpenAPIType.STRING, description=_SSE_DOC)
+# Open API 3.1 has the event-stream `schema` describe one event, as an SSE parser yields it
+_EVENTS = Schema(
+    type=OpenAPIType.OBJECT,
+    description=_SSE_DOC,
+    required=["data"],
+    properties={
+        "data": Schema(type=OpenAPIType.STRING,
+                       description="One JSON chunk (a completion or an error object), or `[DONE]` last on /v1."),
+        "event": Schema(type=OpenAPIType.STRING, description="Always `message` (no `event:` line is sent)."),
+        "id": Schema(type=OpenAPIType.STRING),
+        "retry": Schema(type=OpenAPIType.INTEGER),
+    },
+)
 
 
 def _errors(body: type, table: dict[int, str]) -> dict[int, ResponseSpec]:
