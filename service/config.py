@@ -11,6 +11,7 @@ import msgspec
 PREFIX = "MINIVAULT_"
 # MINIVAULT_* variables read outside Settings (by the CLI): not settings, but not unknown either
 OTHER_VARIABLES = ("URL", "DEBUG")
+ENGINES = ("auto", "ctransformers", "llamacpp")
 
 
 class SettingsError(ValueError):
@@ -52,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     load_timeout_s: float = 120.0  # how long a request waits for its model to load
     max_loaded_models: int = 0  # at most this many loaded at once (0: no limit but memory)
     model_memory_mb: int = 0  # loaded models' memory budget in MiB (0: no budget)
+    # engines (README: Engines): which library runs a model, and llama.cpp's batch of sequences
+    engine: str = "auto"  # auto (a GGUF file on llama.cpp when installed, else GGML on ctransformers), ctransformers, llamacpp
+    parallel: int = 4  # llama.cpp: sequences one model decodes together (its slots)
 
     def __post_init__(self) -> None:
         checks = [
@@ -70,6 +74,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ("load_timeout_s", 0 < self.load_timeout_s <= 3_600, "must be > 0 and <= 3600 seconds"),
             ("max_loaded_models", 0 <= self.max_loaded_models <= 1_000, "must be between 0 (no limit) and 1000"),
             ("model_memory_mb", 0 <= self.model_memory_mb <= 10_000_000, "must be between 0 (no budget) and 10000000"),
+            ("engine", self.engine in ENGINES, f"must be one of {', '.join(ENGINES)}"),
+            ("parallel", 1 <= self.parallel <= 64, "must be between 1 and 64"),
             ("replica", len(self.replica) <= 253 and self.replica.isprintable(), "must be printable, at most 253 characters"),
         ]
         for name, ok, rule in checks:

@@ -319,7 +319,8 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
 def _model(slot: Any) -> Model:
     """An installed model's /v1/models entry, with MiniVault's extras (read from its file's header)."""
     st = slot.path.stat()
-    model = Model(id=slot.id, created=int(st.st_mtime), size_bytes=st.st_size, state=slot.state)
+    model = Model(id=slot.id, created=int(st.st_mtime), size_bytes=st.st_size, state=slot.state,
+                  engine=slot.engine)
     try:
         hp = slot.header().hparams
     except ValueError:  # not a GPT-2 GGML file: listed all the same, its load fails with the reason

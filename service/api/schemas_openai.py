@@ -214,6 +214,7 @@ class Model(msgspec.Struct):
     quantization: str | None = None
     vocab_size: int | None = None
     state: Literal["unloaded", "loading", "loaded", "error"] = "loaded"  # MiniVault's: loaded on demand
+    engine: Literal["ctransformers", "llamacpp"] = "ctransformers"  # which library runs it
     object: Literal["model"] = "model"
     owned_by: str = "minivault"
 

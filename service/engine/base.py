@@ -25,7 +25,7 @@ class Tokenizer(Protocol):
 
 
 class Backend(Protocol):
-    """One loaded model instance that runs one sequence at a time."""
+    """One model instance (or one sequence slot of a batching engine) that runs one sequence at a time."""
 
     model_path: Path
     threads: int
@@ -39,7 +39,12 @@ class Backend(Protocol):
     # The last whole prompt and a copy of its logits (engine.prefix.LastPrompt, or None): the same
     # prompt again is served without any evaluation.
     last_prompt: object | None
+    # Prompt tokens per eval call (the library's limit or the measured best); prefix reuse keeps
+    # whole aligned batches of it (engine/prefix.py).
+    prompt_batch: int
 
+    def begin(self) -> None: ...  # a generation starts on this instance (a batching engine waits for it)
+    def end(self, finish_reason: str | None) -> None: ...  # and ends: why (cancelled ones free their state)
     def eval(self, tokens: Sequence[int], n_past: int) -> None: ...
     def logits(self) -> np.ndarray: ...
     def close(self) -> None: ...

@@ -16,7 +16,12 @@ from typing import Sequence
 import numpy as np
 
 from service.engine.base import Tokenizer
-from service.engine.generation import Generation, check_fits, start_generation
+from service.engine.generation import (
+    PROMPT_BATCH,
+    Generation,
+    check_fits,
+    start_generation,
+)
 from service.engine.sampling import SamplingParams
 from service.errors import GenerationFailed, UnknownToken
 from service.formats.ggml.format import read_gpt2
@@ -97,6 +102,13 @@ class Engine:
         self._batch_eval = self._llm.ctransformers_llm_batch_eval
         self.sequence: list[int] = []  # KV state held in ctransformers' context (see engine/prefix.py)
         self.last_prompt = None  # engine.prefix.LastPrompt: the last whole prompt and its logits
+        self.prompt_batch = PROMPT_BATCH
+
+    def begin(self) -> None:
+        """Nothing to do: one instance runs one sequence."""
+
+    def end(self, finish_reason: str | None) -> None:
+        """Nothing to do: the KV state stays for prefix reuse (engine/prefix.py)."""
 
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
         """Run the model over `tokens` at positions n_past..; releases the GIL while it runs."""

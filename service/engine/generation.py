@@ -39,7 +39,8 @@ class Generation:
         self.prompt_done_at: float | None = None  # the prompt's logits are ready
         cache_prompt = cache_prompt and params.prompt_logprobs is None  # scoring evaluates every position
         self._again = last_prompt(engine, prompt_ids) if cache_prompt else None  # the very same prompt
-        self.cached_tokens = reusable(held(engine), prompt_ids, PROMPT_BATCH) if cache_prompt else 0
+        self.batch = engine.prompt_batch  # prompt tokens per eval call
+        self.cached_tokens = reusable(held(engine), prompt_ids, self.batch) if cache_prompt else 0
         self.prompt_evaluated = 0  # prompt tokens evaluated so far (past the cached ones)
         self._held = list(prompt_ids[: self.cached_tokens])
         if self._again is not None:
@@ -72,10 +73,12 @@ class Generation:
         }
 
     def __iter__(self) -> Iterator[str]:
+        self.engine.begin()
         try:
             yield from self._run()
         finally:
             self.engine.sequence = self._held  # what the next request may reuse (see engine/prefix.py)
+            self.engine.end(self.finish_reason)
 
     def _run(self) -> Iterator[str]:
         eng = self.engine
@@ -91,15 +94,15 @@ class Generation:
                 self.finish_reason = reason
                 return
             n_past = self.prompt_evaluated = len(self.prompt_ids)
-        for start in range(n_past, len(self.prompt_ids), PROMPT_BATCH):
+        for start in range(n_past, len(self.prompt_ids), self.batch):
             if reason := self._interrupted():
                 self.finish_reason = reason
                 return
-            batch = self.prompt_ids[start : start + PROMPT_BATCH]
+            batch = self.prompt_ids[start : start + self.batch]
             eng.eval(batch, n_past)
             n_past += len(batch)
             self.prompt_evaluated += len(batch)
-            if len(batch) == PROMPT_BATCH:  # a whole aligned batch: as a fresh evaluation computes it
+            if len(batch) == self.batch:  # a whole aligned batch: as a fresh evaluation computes it
                 self._held += batch
         if self._again is not None:
             logits = self._again.logits.copy()  # a copy: the sampler may work in place

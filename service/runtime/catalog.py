@@ -12,7 +12,7 @@ from pathlib import Path
 
 import msgspec
 
-from service.config import NO_HUB_ROUTES, PREFIX, Settings, SettingsError
+from service.config import ENGINES, NO_HUB_ROUTES, PREFIX, Settings, SettingsError
 
 CONFIG_NAME = "models.toml"  # per-model options, in the models dir (README: Several models)
 
@@ -22,24 +22,41 @@ class ModelOptions(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     workers: int | None = None
     threads: int | None = None
+    engine: str | None = None
+    parallel: int | None = None
 
     def __post_init__(self) -> None:
+        if self.engine is not None and self.engine not in ENGINES:
+            raise ValueError(f"engine = {self.engine!r}: must be one of {', '.join(ENGINES)}")
+        if self.parallel is not None and not 1 <= self.parallel <= 64:
+            raise ValueError(f"parallel = {self.parallel}: must be between 1 and 64")
         if self.workers is not None and not 1 <= self.workers <= 64:
             raise ValueError(f"workers = {self.workers}: must be between 1 and 64")
         if self.threads is not None and not 0 <= self.threads <= 256:
             raise ValueError(f"threads = {self.threads}: must be between 0 (auto) and 256")
 
 
+MODEL_FILES = ("model.bin", "model.gguf")  # in a model's folder: GGML (ctransformers), GGUF (llama.cpp)
+
+
 def model_id(path: Path) -> str:
-    """models/<name>/model.bin -> <name>; a bare file -> its stem."""
-    return path.parent.name if path.name == "model.bin" else path.stem
+    """models/<name>/model.bin (or model.gguf) -> <name>; a bare file -> its stem."""
+    return path.parent.name if path.name in MODEL_FILES else path.stem
+
+
+def sibling(path: Path, suffix: str) -> Path | None:
+    """The same model's file in the other format (.bin or .gguf), if there is one."""
+    other = path.with_suffix(suffix)
+    return other if other != path and other.is_file() else None
 
 
 def scan(settings: Settings) -> dict[str, Path]:
     """Every servable model file, by id: the models dir's, plus MINIVAULT_MODEL when it is a file."""
     models_dir = Path(settings.models_dir)
     found: dict[str, Path] = {}
-    files = sorted(p for p in [*models_dir.glob("*/model.bin"), *models_dir.glob("*.bin")]
+    # .bin sorts before .gguf: a model with both files is listed under its GGML file
+    files = sorted(p for p in [*models_dir.glob("*/model.bin"), *models_dir.glob("*/model.gguf"),
+                               *models_dir.glob("*.bin"), *models_dir.glob("*.gguf")]
                    if p.is_file() and not p.name.startswith(".") and not p.parent.name.startswith("."))
     for path in files:
         found.setdefault(model_id(path), path)  # a folder wins over a bare file of the same name
@@ -67,7 +84,7 @@ def how_to_get_one() -> str:
 
 
 def read_options(settings: Settings) -> dict[str, ModelOptions]:
-    """models.toml's `[<model id>]` tables (workers, threads); SettingsError names a bad entry."""
+    """models.toml's `[<model id>]` tables (workers, threads, engine, parallel); SettingsError names a bad entry."""
     path = Path(settings.models_dir) / CONFIG_NAME
     if not path.is_file():
         return {}

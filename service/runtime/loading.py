@@ -53,22 +53,28 @@ class Loaded:
     """A loaded model: its worker pool and what the log and /health say about it."""
 
     def __init__(self, scheduler: Scheduler, manifest: dict[str, Any] | None, sha256: str,
-                 libs: list[int]) -> None:
+                 libs: list[int], engine: str = ENGINE_NAME, release: Callable[[], None] | None = None) -> None:
         self.scheduler = scheduler
         self.manifest = manifest
         self.sha256 = sha256
+        self.engine = engine
         self._libs = libs
+        self._release = release  # what else the engine frees (llama.cpp's context, a converted file)
 
     def close(self, slots: LibrarySlots) -> None:
         """Stop the (idle) pool's threads and free every instance (call from a thread)."""
         self.scheduler.close()
         slots.give_back(self._libs)
+        if self._release is not None:
+            self._release()
 
 
-def load_tokenizer(model_path: Path) -> Tokenizer | None:
+def load_tokenizer(model_path: Path, warn: bool = True) -> Tokenizer | None:
     """The exact GPT-2 BPE from tokenizer.json beside the model, or None (with a warning)."""
     path = model_path.parent / "tokenizer.json"
     if not path.is_file():
+        if not warn:
+            return None
         print(
             f"minivault: warning: no tokenizer.json beside {model_path}; falling back to ctransformers' "
             "greedy tokenizer, which splits some words differently from GPT-2's BPE",
@@ -110,10 +116,13 @@ def load_engines(model_path: Path, workers: int, threads: int, libdir: Path) -> 
 
 
 def load_model(model_id: str, path: Path, workers: int, threads: int, libs: LibrarySlots, settings: Settings,
-               on_finish: Callable[[Job], None]) -> Loaded:
-    """`workers` instances of one model behind one scheduler (call from a thread)."""
+               on_finish: Callable[[Job], None], choice: Any = None) -> Loaded:
+    """`workers` instances of one model behind one scheduler (call from a thread); with a llama.cpp
+    `choice` (runtime/engines.py), one context of `workers` sequence slots."""
     manifest = load_manifest(path)
     sha256 = model_sha256(path, manifest)
+    if choice is not None and choice.engine == "llamacpp":
+        return _load_llamacpp(model_id, path, choice.path, workers, threads, settings, on_finish, manifest, sha256)
     tokenizer = load_tokenizer(path)
     engines: list[Engine] = []
     taken: list[int] = []
@@ -140,3 +149,57 @@ def resident_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+
+
+def gguf_tokenizer_for(model_path: Path, gguf_path: Path) -> Tokenizer:
+    """tokenizer.json beside the model, else the BPE in the GGUF file's metadata."""
+    tokenizer = load_tokenizer(model_path, warn=False)
+    if tokenizer is not None:
+        return tokenizer
+    from service.formats.gguf import read_gguf
+    from service.formats.gguf_convert import gguf_hparams, gguf_tokenizer
+    from service.tokenizer.bpe import GPT2Tokenizer, TokenizerFormatError
+
+    g = read_gguf(gguf_path)
+    try:
+        return gguf_tokenizer(g, gguf_hparams(g).n_vocab)
+    except TokenizerFormatError:  # a vocabulary without real merges (a GGML file had no tokenizer.json)
+        tokens = g.metadata.get("tokenizer.ggml.tokens") or []
+        print(f"minivault: warning: no tokenizer.json beside {model_path} and no BPE merges in it: prompts are "
+              "split into the vocabulary's single-byte tokens", file=sys.stderr, flush=True)
+        return GPT2Tokenizer({t: i for i, t in enumerate(tokens)}, [],
+                             [t for t in tokens if t == "<|endoftext|>"])
+
+
+def _load_llamacpp(model_id: str, path: Path, gguf: Path | None, parallel: int, threads: int, settings: Settings,
+                   on_finish: Callable[[Job], None], manifest: dict[str, Any] | None, sha256: str) -> Loaded:
+    """One llama.cpp context with `parallel` sequence slots behind one scheduler."""
+    import tempfile
+
+    from service.engine.llamacpp_backend import LlamaContext
+
+    tmpdir = None
+    if gguf is None:  # only a GGML file: llama.cpp runs a GGUF copy of the same tensors
+        from service.formats.ggml_to_gguf import ggml_to_gguf
+
+        tmpdir = Path(tempfile.mkdtemp(prefix="minivault-gguf-"))
+        gguf = ggml_to_gguf(path, tmpdir / "model.gguf")
+    try:
+        context = LlamaContext(gguf, parallel=parallel, threads=threads, tokenizer=gguf_tokenizer_for(path, gguf))
+    except BaseException:
+        if tmpdir is not None:
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+
+    def release() -> None:
+        context.close()
+        if tmpdir is not None:
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    scheduler = Scheduler(context.slots, max_queue=settings.max_queue, timeout_s=settings.timeout_s,
+                          on_finish=on_finish, model_id=model_id, model_sha256=sha256, engine="llamacpp")
+    return Loaded(scheduler, manifest, sha256, [], engine="llamacpp", release=release)

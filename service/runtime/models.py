@@ -26,7 +26,7 @@ from service.errors import (
     ShuttingDown,
     UnknownModel,
 )
-from service.runtime import catalog
+from service.runtime import catalog, engines
 from service.runtime.loading import LibrarySlots, Loaded, load_model, resident_mb
 from service.runtime.scheduler import Job, Scheduler
 
@@ -40,9 +40,14 @@ class ModelSlot:
     def __init__(self, model_id: str, path: Path, options: catalog.ModelOptions, settings: Settings) -> None:
         self.id = model_id
         self.path = path
-        self.workers = options.workers or settings.workers
+        self.choice = engines.choose(path, options.engine or settings.engine)
+        self.engine = self.choice.engine
+        if self.engine == engines.LLAMACPP:  # one context, `parallel` sequences sharing its threads
+            self.workers = options.parallel or settings.parallel
+        else:
+            self.workers = options.workers or settings.workers
         threads = options.threads if options.threads is not None else settings.threads
-        self.threads = Settings.threads_for(self.workers, threads)
+        self.threads = Settings.threads_for(1 if self.engine == engines.LLAMACPP else self.workers, threads)
         self.state = "unloaded"
         self.detail: str | None = None
         self.loaded: Loaded | None = None
@@ -71,9 +76,12 @@ class ModelSlot:
         try:
             hp = self.header().hparams
             kv = 2 * hp.n_layer * hp.n_ctx * hp.n_embd * 2  # keys and values, f16, the whole context
-        except ValueError:  # not a GGML file: its load will fail; count its size
+        except ValueError:  # not a GGML file: count its size
             kv = 0
-        return self.workers * (self.path.stat().st_size + kv) / MB
+        size = self.path.stat().st_size
+        if self.engine == engines.LLAMACPP:  # one copy of the weights, a KV stream per sequence
+            return (size + self.workers * kv) / MB
+        return self.workers * (size + kv) / MB
 
     def header(self) -> Any:
         """The file's GGML header (hparams: n_ctx, n_vocab, ftype), read once per version of the file."""
@@ -86,7 +94,7 @@ class ModelSlot:
     def describe(self) -> dict[str, Any]:
         """This model's /health entry."""
         s = self.scheduler
-        out: dict[str, Any] = {"id": self.id, "state": self.state, "engine": "ctransformers",
+        out: dict[str, Any] = {"id": self.id, "state": self.state, "engine": self.engine,
                                "workers": self.workers, "threads": self.threads}
         if self.detail:
             out["detail"] = self.detail
@@ -216,8 +224,10 @@ class Models:
             slot.state, slot.detail = "loading", None
             before, started = resident_mb(), time.monotonic()
             try:
+                if slot.choice.problem:
+                    raise ValueError(slot.choice.problem)
                 loaded = await asyncio.to_thread(load_model, slot.id, slot.path, slot.workers, slot.threads,
-                                                 self._libs, self.settings, self._on_finish)
+                                                 self._libs, self.settings, self._on_finish, slot.choice)
             except Exception as exc:
                 slot.state, slot.detail = "error", f"could not load {slot.path}: {exc}"
                 slot.failed_stat = _stat_or_none(slot)

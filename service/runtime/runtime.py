@@ -187,7 +187,7 @@ class Runtime:
             "endpoint": endpoint,
             "model": job.model_id,
             "model_sha256": job.model_sha256,
-            "engine": ENGINE_NAME,
+            "engine": job.engine,
             "version": __version__,
             "status": status,
             "finish_reason": finish_reason,

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
 from service.engine.ctransformers_backend import Engine
-from service.engine.generation import PROMPT_BATCH, Generation
+from service.engine.generation import Generation
 from service.engine.prefix import held, served
 from service.engine.sampling import SamplingParams
 from service.errors import (
@@ -55,6 +55,7 @@ class Job:
         self.group: JobGroup | None = None  # set when the job is one choice of a multi-job request
         self.model_id = ""  # which model ran it, and that file's sha256 (set at admission)
         self.model_sha256: str | None = None
+        self.engine = "ctransformers"
 
     @property
     def text(self) -> str:
@@ -132,8 +133,10 @@ class Scheduler:
     """Runs generations on a fixed set of engines; the one backend the HTTP layer talks to."""
 
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, timeout_s: float,
-                 on_finish: Callable[[Job], None], model_id: str = "", model_sha256: str | None = None) -> None:
+                 on_finish: Callable[[Job], None], model_id: str = "", model_sha256: str | None = None,
+                 engine: str = "ctransformers") -> None:
         self.model_id = model_id
+        self.engine_name = engine  # which library runs the model, for the log
         self.model_sha256 = model_sha256
         self._engines = list(engines)
         self._free: list[Engine] = list(self._engines)
@@ -199,7 +202,7 @@ class Scheduler:
             raise InvalidRequest("the prompt has no tokens", field="prompt")
         self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
         job = Job(endpoint, prompt, prompt_ids, params, request_id, key_id, cache_prompt)
-        job.model_id, job.model_sha256 = self.model_id, self.model_sha256
+        job.model_id, job.model_sha256, job.engine = self.model_id, self.model_sha256, self.engine_name
         self._jobs.add(job)
         job._task = asyncio.get_running_loop().create_task(self._run(job))
         return job
@@ -226,7 +229,7 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         for i, (prompt, prompt_ids, params) in enumerate(items):
             job = Job(endpoint, prompt, prompt_ids, params, f"{request_id}-{i}", key_id, cache_prompt)
-            job.model_id, job.model_sha256 = self.model_id, self.model_sha256
+            job.model_id, job.model_sha256, job.engine = self.model_id, self.model_sha256, self.engine_name
             job.group = group
             group.jobs.append(job)
             self._jobs.add(job)
@@ -276,7 +279,7 @@ class Scheduler:
         if self._free and not self._waiting:
             if job.cache_prompt:
                 # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
-                best = max(self._free, key=lambda e: (served(e, job.prompt_ids, PROMPT_BATCH),
+                best = max(self._free, key=lambda e: (served(e, job.prompt_ids, e.prompt_batch),
                                                       -len(held(e))))
             else:
                 best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others

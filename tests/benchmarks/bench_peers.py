@@ -1,7 +1,7 @@
 """MiniVault against its peers on the same GPT-2-small-shaped weights, in paired rounds.
 
 The random weights are written once as GGML by the project's writer and copied byte for byte
-into a GGUF for llama.cpp (tests/benchmarks/gguf_copy.py, with the `gguf` package). Peers, each
+into a GGUF for llama.cpp (service/formats/ggml_to_gguf.py, with the `gguf` package). Peers, each
 skipped with a printed reason when it is not there:
 
 - minivault: `POST /generate/stream` of a live server (tests' LiveServer), plain-text chunks
@@ -38,8 +38,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, gpt2_small, start_server  # noqa: E402
-from gguf_copy import ggml_to_gguf  # noqa: E402
 
+from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from tests.support.server import free_port  # noqa: E402
 
 DEFAULT_LLAMA_SERVER = ROOT.parent / "shared" / "tools" / "llama-server" / "llama-server"

@@ -15,27 +15,11 @@ import numpy as np
 from service.formats.ggml import kquant
 from service.formats.ggml.format import HParams
 from service.formats.ggml.tiny import random_tensors
+from service.formats.ggml_to_gguf import gguf_name
 from service.tokenizer.bpe import bytes_to_unicode
 from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_tokens
 
 N_VOCAB = 50257
-_TOP = {"model/wte": "token_embd.weight", "model/wpe": "position_embd.weight", "model/ln_f/g": "output_norm.weight",
-        "model/ln_f/b": "output_norm.bias", "model/lm_head": "output.weight"}
-_LAYER = {
-    "ln_1/g": "attn_norm.weight", "ln_1/b": "attn_norm.bias", "ln_2/g": "ffn_norm.weight", "ln_2/b": "ffn_norm.bias",
-    "attn/c_attn/w": "attn_qkv.weight", "attn/c_attn/b": "attn_qkv.bias",
-    "attn/c_proj/w": "attn_output.weight", "attn/c_proj/b": "attn_output.bias",
-    "mlp/c_fc/w": "ffn_up.weight", "mlp/c_fc/b": "ffn_up.bias",
-    "mlp/c_proj/w": "ffn_down.weight", "mlp/c_proj/b": "ffn_down.bias",
-}  # fmt: skip
-
-
-def gguf_name(ggml_name: str) -> str:
-    """model/h3/mlp/c_fc/w -> blk.3.ffn_up.weight."""
-    if ggml_name in _TOP:
-        return _TOP[ggml_name]
-    layer, rest = ggml_name.removeprefix("model/h").split("/", 1)
-    return f"blk.{layer}.{_LAYER[rest]}"
 
 
 def gpt2_vocab_bytes() -> list[bytes]:

@@ -1,0 +1,301 @@
+"""The llama.cpp backend (llama-cpp-python's low-level API) for GPT-2 GGUF files, with continuous batching.
+
+One LlamaContext holds one model and one llama.cpp context with up to `parallel` sequences, each
+in its own KV stream. Each sequence is a LlamaSlot, a Backend as generation.py sees it (eval at
+positions, then logits), so tokenizer, sampler, stop strings and limits stay MiniVault's. A slot's
+eval joins the next step: one thread gathers what every running slot hands in (a token each, or a
+prompt chunk of at most `prompt_batch` tokens) and decodes it all in one llama_decode call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from service.engine.base import Tokenizer
+from service.engine.generation import Generation, check_fits, start_generation
+from service.engine.sampling import SamplingParams
+from service.errors import GenerationFailed
+
+# How long a step waits for the running sequences that have not handed in their next token yet
+# (they are sampling their last one, well under a millisecond): enough to decode them together.
+GATHER_S = 0.003
+# Prompt tokens per decode call. Larger chunks evaluate faster per token, but a running stream
+# waits for the chunk its step carries (README, llama.cpp engine: measured).
+PROMPT_CHUNK = 128
+
+
+@functools.cache
+def _lib() -> Any:
+    """llama-cpp-python's bindings, initialised once, with llama.cpp's log cut to its errors."""
+    try:
+        from llama_cpp import llama_cpp as lc
+    except ImportError as exc:
+        raise ValueError("the llamacpp engine needs llama-cpp-python: pip install 'minivault[llamacpp]' "
+                         f"({exc})") from None
+    lc.llama_backend_init()
+    lc.llama_log_set(_log_errors, ctypes.c_void_p(0))
+    return lc
+
+
+def _print_error(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    if level == 3:  # GGML_LOG_LEVEL_ERROR: the reason a load or decode failed
+        print(f"llama.cpp: {text.decode('utf-8', 'replace')}", end="", file=sys.stderr, flush=True)
+
+
+_log_errors = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_print_error)
+
+
+def available() -> bool:
+    """Whether llama-cpp-python is installed (without loading it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+class _Eval:
+    """One slot's tokens for the next step, and whether the step decoded them."""
+
+    __slots__ = ("slot", "tokens", "n_past", "index", "done", "ok")
+
+    def __init__(self, slot: "LlamaSlot", tokens: list[int], n_past: int) -> None:
+        self.slot, self.tokens, self.n_past = slot, tokens, n_past
+        self.index = -1  # its last token's place in the batch: where its logits are
+        self.done = threading.Event()
+        self.ok = False
+
+
+class LlamaContext:
+    """A GPT-2 GGUF model in llama.cpp: one context, `parallel` sequence slots, one decode per step."""
+
+    def __init__(self, model_path: str | Path, *, parallel: int, threads: int, tokenizer: Tokenizer,
+                 prompt_chunk: int = PROMPT_CHUNK) -> None:
+        lc = self._lc = _lib()
+        self.model_path = Path(model_path)
+        self.threads = threads
+        self.prompt_chunk = prompt_chunk
+        mp = lc.llama_model_default_params()
+        mp.n_gpu_layers = 0
+        self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mp)
+        if not self._model:
+            raise ValueError(f"llama.cpp could not load {self.model_path} as a GGUF model")
+        self._ctx = None
+        self._batch = None
+        try:
+            vocab = lc.llama_model_get_vocab(self._model)
+            self.vocab_size = lc.llama_vocab_n_tokens(vocab)
+            self.context_length = lc.llama_model_n_ctx_train(self._model)
+            if tokenizer.vocab_size != self.vocab_size:
+                raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model has {self.vocab_size}")
+            cp = lc.llama_context_default_params()
+            cp.n_ctx = self.context_length * parallel  # every sequence can fill the model's whole context
+            cp.n_batch = cp.n_ubatch = max(64, parallel * prompt_chunk)  # one step: every slot's chunk
+            cp.n_seq_max = parallel
+            cp.kv_unified = False  # a KV stream per sequence: its attention never sees another's cells
+            cp.n_threads = cp.n_threads_batch = threads
+            cp.no_perf = True
+            self._ctx = lc.llama_init_from_model(self._model, cp)
+            if not self._ctx:
+                raise ValueError(f"llama.cpp could not create a context for {self.model_path}")
+            self._mem = lc.llama_get_memory(self._ctx)
+            self._n_batch = cp.n_batch
+            self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+        except BaseException:
+            self._free()
+            raise
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_id
+        self.slots = [LlamaSlot(self, i) for i in range(parallel)]
+        self._cv = threading.Condition()
+        self._pending: list[_Eval] = []
+        self._active: set[int] = set()  # slots mid-generation: a step waits (briefly) for each
+        self._decoding = threading.Lock()  # llama.cpp's context is not safe to use from two threads
+        self._closing = False
+        self.steps = 0  # decode calls so far, and sequences decoded in them (for the batch size)
+        self.step_sequences = 0
+        self._thread = threading.Thread(target=self._loop, name="minivault-llamacpp", daemon=True)
+        self._thread.start()
+
+    # --- what slots ask ----------------------------------------------------------------------
+    def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> None:
+        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; wait for it."""
+        if not 0 < len(tokens) <= self.prompt_chunk:
+            raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self.prompt_chunk} fit a step")
+        job = _Eval(slot, list(tokens), n_past)
+        with self._cv:
+            if self._closing:
+                raise GenerationFailed("the model is being unloaded")
+            self._pending.append(job)
+            self._cv.notify_all()
+        job.done.wait()
+        if not job.ok:
+            raise GenerationFailed("llama.cpp failed to decode the batch")
+
+    def activate(self, slot: "LlamaSlot", on: bool) -> None:
+        """A generation starts (True) or ends (False) on `slot`."""
+        with self._cv:
+            (self._active.add if on else self._active.discard)(slot.seq_id)
+            self._cv.notify_all()
+
+    def forget(self, slot: "LlamaSlot") -> None:
+        """Free the KV cells of `slot`'s sequence now (it was cancelled or failed)."""
+        with self._decoding:
+            if self._ctx:
+                self._lc.llama_memory_seq_rm(self._mem, slot.seq_id, 0, -1)
+            slot.kv_len = 0
+
+    # --- the step loop -----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._pending and not self._closing:
+                    self._cv.wait()
+                if self._closing and not self._pending:
+                    return
+                deadline = time.monotonic() + GATHER_S
+                while True:  # every running sequence in one batch, unless one is late
+                    missing = self._active - {e.slot.seq_id for e in self._pending}
+                    left = deadline - time.monotonic()
+                    if not missing or left <= 0 or self._closing:
+                        break
+                    self._cv.wait(left)
+                evals, self._pending = self._pending, []
+            self._step(evals)
+
+    def _step(self, evals: list[_Eval]) -> None:
+        """Decode this step: every single-token eval in one batch, each prompt chunk in its own call.
+
+        llama.cpp splits a batch that mixes sequences into equal parts per sequence, so a prompt
+        chunk decoded beside other sequences' tokens would be evaluated in other pieces than alone,
+        and its sums (so its tokens) would depend on what else was running.
+        """
+        try:
+            singles = [e for e in evals if len(e.tokens) == 1]
+            groups = ([singles] if singles else []) + [[e] for e in evals if len(e.tokens) > 1]
+            for group in groups:
+                self._decode(group)
+        finally:
+            for e in evals:
+                e.done.set()
+
+    def _decode(self, evals: list[_Eval]) -> None:
+        """One llama_decode over the evals' tokens; each slot gets the logits of its last token."""
+        lc, b = self._lc, self._batch
+        with self._decoding:
+            n = 0
+            for e in evals:
+                slot = e.slot
+                if slot.kv_len > e.n_past:  # positions past n_past hold an older sequence's tail
+                    lc.llama_memory_seq_rm(self._mem, slot.seq_id, e.n_past, -1)
+                    slot.kv_len = e.n_past
+                if e.n_past != slot.kv_len:
+                    continue  # a gap in the positions: refused (not ok), the others go on
+                for j, token in enumerate(e.tokens):
+                    b.token[n], b.pos[n], b.n_seq_id[n] = token, e.n_past + j, 1
+                    b.seq_id[n][0] = slot.seq_id
+                    b.logits[n] = j == len(e.tokens) - 1
+                    n += 1
+                e.index = n - 1
+            if not n:
+                return
+            b.n_tokens = n
+            rc = lc.llama_decode(self._ctx, b)
+            self.steps += 1
+            self.step_sequences += sum(1 for e in evals if e.index >= 0)
+            for e in evals:
+                if e.index < 0:
+                    continue
+                if rc == 0:
+                    ptr = lc.llama_get_logits_ith(self._ctx, e.index)
+                    np.copyto(e.slot._logits, np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)))
+                    e.slot.kv_len = e.n_past + len(e.tokens)
+                    e.ok = True
+                else:  # what the failed call left in the cache is not known: drop it
+                    lc.llama_memory_seq_rm(self._mem, e.slot.seq_id, 0, -1)
+                    e.slot.kv_len = 0
+
+    # --- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the step thread and free the context and model (no generation may be running)."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+        with self._decoding:
+            self._free()
+
+    def _free(self) -> None:
+        lc = self._lc
+        if self._batch is not None:
+            lc.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None
+
+
+class LlamaSlot:
+    """One sequence of a LlamaContext: the Backend generation.py drives."""
+
+    def __init__(self, context: LlamaContext, seq_id: int) -> None:
+        self.context = context
+        self.seq_id = seq_id
+        self.model_path = context.model_path
+        self.threads = context.threads
+        self.context_length = context.context_length
+        self.vocab_size = context.vocab_size
+        self.eos_id = context.eos_id
+        self.tokenizer = context.tokenizer
+        self.prompt_batch = context.prompt_chunk
+        self._logits = np.zeros(self.vocab_size, np.float32)
+        self.kv_len = 0  # positions 0..kv_len-1 of this sequence hold KV state
+        self._sequence: list[int] = []
+        self.last_prompt = None
+
+    @property
+    def sequence(self) -> list[int]:
+        """The tokens this slot's KV cells hold (engine/prefix.py reuses them)."""
+        return self._sequence
+
+    @sequence.setter
+    def sequence(self, tokens: Sequence[int]) -> None:
+        self._sequence = list(tokens)[: self.kv_len]  # never more than the cells really hold
+
+    def eval(self, tokens: Sequence[int], n_past: int) -> None:
+        self.context.submit(self, tokens, n_past)
+
+    def logits(self) -> np.ndarray:
+        """The next-token logits after this slot's last eval (its own copy)."""
+        return self._logits
+
+    def begin(self) -> None:
+        self.context.activate(self, True)
+
+    def end(self, finish_reason: str | None) -> None:
+        self.context.activate(self, False)
+        if finish_reason not in ("stop", "length"):  # cancelled, timed out or failed: free its cells now
+            self.context.forget(self)
+            self._sequence, self.last_prompt = [], None
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        check_fits(self.context_length, prompt_tokens, max_new_tokens)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, *,
+                 cancel: threading.Event | None = None, deadline: float | None = None,
+                 cache_prompt: bool = True) -> Generation:
+        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline,
+                                cache_prompt=cache_prompt)
+
+    def close(self) -> None:
+        """Slots are freed with their context (LlamaContext.close)."""
