@@ -42,7 +42,8 @@ def health(state: State) -> Response[Health]:
         state=default.state if default else None, detail=default.detail if default else None,
         manifest=default.loaded.manifest if default and default.loaded else None,
         model_sha256=default.loaded.sha256 if default and default.loaded else None,
-        engine=default.engine if default else runtime.engine, workers=sum(s.workers for s in loaded), busy=sum(s.busy for s in loaded),
+        engine=default.engine if default else runtime.engine, workers=sum(s.workers for s in loaded),
+        busy=sum(s.busy for s in loaded),
         queued=sum(s.queued for s in loaded), models=entries)
     if runtime.status == "draining":
         return Response(body, status_code=503, headers={"Retry-After": str(runtime.settings.retry_after_s)})

@@ -9,20 +9,13 @@ import ctypes
 import functools
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from service.engine.base import Tokenizer
-from service.engine.generation import (
-    PROMPT_BATCH,
-    Generation,
-    check_fits,
-    start_generation,
-)
-from service.engine.sampling import SamplingParams
+from service.engine.generation import PROMPT_BATCH, Generates
 from service.errors import GenerationFailed, UnknownToken
 from service.formats.ggml.format import read_gpt2
 
@@ -72,7 +65,7 @@ def _private_library(workdir: Path, index: int) -> str:
     return str(dst)
 
 
-class Engine:
+class Engine(Generates):
     """A loaded GPT-2 GGML model: tokenize, check limits, generate."""
 
     def __init__(self, model_path: str | Path, *, threads: int, tokenizer: Tokenizer | None = None,
@@ -119,17 +112,6 @@ class Engine:
     def logits(self) -> np.ndarray:
         """Logits for the next token after the last eval (a view of the model's buffer)."""
         return np.ctypeslib.as_array(self._logits_ptr(), shape=(self.vocab_size,))
-
-    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        """Raise ContextOverflow unless prompt + new tokens fit the context."""
-        check_fits(self.context_length, prompt_tokens, max_new_tokens)
-
-    def generate(self, prompt_ids: list[int], params: SamplingParams, *,
-                 cancel: threading.Event | None = None, deadline: float | None = None,
-                 cache_prompt: bool = True) -> Generation:
-        """A generation to iterate (in a worker thread) for text pieces as tokens are sampled."""
-        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline,
-                                cache_prompt=cache_prompt)
 
     def close(self) -> None:
         """Free the model."""

@@ -162,3 +162,20 @@ def start_generation(backend: Backend, prompt_ids: list[int], params: SamplingPa
         raise ContextOverflow("the prompt has no tokens", field="prompt")
     check_fits(backend.context_length, len(prompt_ids), params.max_new_tokens)
     return Generation(backend, prompt_ids, params, cancel, deadline, cache_prompt)
+
+
+class Generates:
+    """check_fits and generate for a Backend (ctransformers' instances, llama.cpp's slots)."""
+
+    context_length: int
+
+    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        """Raise ContextOverflow unless prompt + new tokens fit the context."""
+        check_fits(self.context_length, prompt_tokens, max_new_tokens)
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams, *,
+                 cancel: threading.Event | None = None, deadline: float | None = None,
+                 cache_prompt: bool = True) -> Generation:
+        """A generation to iterate (in a worker thread) for text pieces as tokens are sampled."""
+        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline,
+                                cache_prompt=cache_prompt)

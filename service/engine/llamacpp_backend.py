@@ -20,8 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from service.engine.base import Tokenizer
-from service.engine.generation import Generation, check_fits, start_generation
-from service.engine.sampling import SamplingParams
+from service.engine.generation import Generates
 from service.errors import GenerationFailed
 
 # How long a step waits for the running sequences that have not handed in their next token yet
@@ -51,13 +50,6 @@ def _print_error(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
 
 
 _log_errors = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(_print_error)
-
-
-def available() -> bool:
-    """Whether llama-cpp-python is installed (without loading it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 class _Eval:
@@ -245,7 +237,7 @@ class LlamaContext:
             self._model = None
 
 
-class LlamaSlot:
+class LlamaSlot(Generates):
     """One sequence of a LlamaContext: the Backend generation.py drives."""
 
     def __init__(self, context: LlamaContext, seq_id: int) -> None:
@@ -287,15 +279,6 @@ class LlamaSlot:
         if finish_reason not in ("stop", "length"):  # cancelled, timed out or failed: free its cells now
             self.context.forget(self)
             self._sequence, self.last_prompt = [], None
-
-    def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
-        check_fits(self.context_length, prompt_tokens, max_new_tokens)
-
-    def generate(self, prompt_ids: list[int], params: SamplingParams, *,
-                 cancel: threading.Event | None = None, deadline: float | None = None,
-                 cache_prompt: bool = True) -> Generation:
-        return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline,
-                                cache_prompt=cache_prompt)
 
     def close(self) -> None:
         """Slots are freed with their context (LlamaContext.close)."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from service.formats.ggml.format import read_gpt2
+from service.formats.ggml.format import HParams, read_gpt2
 from service.tokenizer.bpe import bytes_to_unicode
 
 _NAMES = {
@@ -41,6 +42,16 @@ def gguf_name(name: str) -> str:
     return f"blk.{layer}.{_LAYER[rest]}"
 
 
+def add_gpt2_hparams(w: Any, hp: HParams) -> None:
+    """Write GPT-2's hyper-parameters into a gguf.GGUFWriter, under llama.cpp's gpt2 keys."""
+    w.add_context_length(hp.n_ctx)
+    w.add_embedding_length(hp.n_embd)
+    w.add_feed_forward_length(4 * hp.n_embd)
+    w.add_block_count(hp.n_layer)
+    w.add_head_count(hp.n_head)
+    w.add_layer_norm_eps(1e-5)
+
+
 def _merges(src: Path) -> list[str]:
     """The BPE merges of the tokenizer.json beside `src`, or none."""
     path = src.parent / "tokenizer.json"
@@ -59,12 +70,7 @@ def ggml_to_gguf(src: Path, dst: Path) -> Path:
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     w = gguf.GGUFWriter(str(tmp), "gpt2")
     try:
-        w.add_context_length(hp.n_ctx)
-        w.add_embedding_length(hp.n_embd)
-        w.add_feed_forward_length(4 * hp.n_embd)
-        w.add_block_count(hp.n_layer)
-        w.add_head_count(hp.n_head)
-        w.add_layer_norm_eps(1e-5)
+        add_gpt2_hparams(w, hp)
         w.add_file_type(_FILE_TYPES[hp.ftype])
         to_unicode = bytes_to_unicode()
         tokens = [t.decode() if t == END.encode() else "".join(to_unicode[b] for b in t) for t in ggml.vocab]

@@ -7,7 +7,9 @@ Never imports litestar.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -53,11 +55,10 @@ class Loaded:
     """A loaded model: its worker pool and what the log and /health say about it."""
 
     def __init__(self, scheduler: Scheduler, manifest: dict[str, Any] | None, sha256: str,
-                 libs: list[int], engine: str = ENGINE_NAME, release: Callable[[], None] | None = None) -> None:
+                 libs: list[int], release: Callable[[], None] | None = None) -> None:
         self.scheduler = scheduler
         self.manifest = manifest
         self.sha256 = sha256
-        self.engine = engine
         self._libs = libs
         self._release = release  # what else the engine frees (llama.cpp's context, a converted file)
 
@@ -174,32 +175,29 @@ def gguf_tokenizer_for(model_path: Path, gguf_path: Path) -> Tokenizer:
 def _load_llamacpp(model_id: str, path: Path, gguf: Path | None, parallel: int, threads: int, settings: Settings,
                    on_finish: Callable[[Job], None], manifest: dict[str, Any] | None, sha256: str) -> Loaded:
     """One llama.cpp context with `parallel` sequence slots behind one scheduler."""
-    import tempfile
-
     from service.engine.llamacpp_backend import LlamaContext
 
-    tmpdir = None
-    if gguf is None:  # only a GGML file: llama.cpp runs a GGUF copy of the same tensors
-        from service.formats.ggml_to_gguf import ggml_to_gguf
-
-        tmpdir = Path(tempfile.mkdtemp(prefix="minivault-gguf-"))
-        gguf = ggml_to_gguf(path, tmpdir / "model.gguf")
+    tmpdir = Path(tempfile.mkdtemp(prefix="minivault-gguf-")) if gguf is None else None
     try:
+        if tmpdir is not None:  # only a GGML file: llama.cpp runs a GGUF copy of the same tensors
+            from service.formats.ggml_to_gguf import ggml_to_gguf
+
+            gguf = ggml_to_gguf(path, tmpdir / "model.gguf")
         context = LlamaContext(gguf, parallel=parallel, threads=threads, tokenizer=gguf_tokenizer_for(path, gguf))
     except BaseException:
-        if tmpdir is not None:
-            import shutil
-
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        _discard(tmpdir)
         raise
 
     def release() -> None:
         context.close()
-        if tmpdir is not None:
-            import shutil
-
-            shutil.rmtree(tmpdir, ignore_errors=True)
+        _discard(tmpdir)
 
     scheduler = Scheduler(context.slots, max_queue=settings.max_queue, timeout_s=settings.timeout_s,
                           on_finish=on_finish, model_id=model_id, model_sha256=sha256, engine="llamacpp")
-    return Loaded(scheduler, manifest, sha256, [], engine="llamacpp", release=release)
+    return Loaded(scheduler, manifest, sha256, [], release=release)
+
+
+def _discard(tmpdir: Path | None) -> None:
+    """Remove a converted model's temporary folder, if there is one."""
+    if tmpdir is not None:
+        shutil.rmtree(tmpdir, ignore_errors=True)

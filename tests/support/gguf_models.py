@@ -15,7 +15,7 @@ import numpy as np
 from service.formats.ggml import kquant
 from service.formats.ggml.format import HParams
 from service.formats.ggml.tiny import random_tensors
-from service.formats.ggml_to_gguf import gguf_name
+from service.formats.ggml_to_gguf import add_gpt2_hparams, gguf_name
 from service.tokenizer.bpe import bytes_to_unicode
 from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_tokens
 
@@ -63,12 +63,7 @@ def write_gguf(path: Path, hp: HParams, tensors: dict[str, np.ndarray], type_of:
     import gguf
 
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(hp.n_ctx)
-    w.add_embedding_length(hp.n_embd)
-    w.add_feed_forward_length(4 * hp.n_embd)
-    w.add_block_count(hp.n_layer)
-    w.add_head_count(hp.n_head)
-    w.add_layer_norm_eps(1e-5)
+    add_gpt2_hparams(w, hp)
     w.add_tokenizer_model("gpt2")
     w.add_token_list(list(gpt2_tokens()))
     w.add_token_types([3 if t == "<|endoftext|>" else 1 for t in gpt2_tokens()])
