@@ -32,6 +32,7 @@ def server(start_server, tmp_path: Path, gpt2_vocab_model: Path, long_model: Pat
 
 
 def test_each_model_runs_on_its_engine_and_says_so(server):
+    before = len(read_log(server.log_file))
     health = httpx.get(server.url + "/health").json()
     engines = {m["id"]: m["engine"] for m in health["models"]}
     assert engines == {"gguf": "llamacpp", "ggml": "ctransformers"}
@@ -42,7 +43,7 @@ def test_each_model_runs_on_its_engine_and_says_so(server):
                                                         "temperature": 0}, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json()["model"] == model
-    records = read_log(server.log_file)
+    records = new_records(server.log_file, before, 2)  # waits for both records to be written
     assert {r["model"]: r["engine"] for r in records} == engines
     entry = next(m for m in httpx.get(server.url + "/health").json()["models"] if m["id"] == "gguf")
     assert entry["state"] == "loaded" and entry["workers"] == 4  # four sequence slots in one context
