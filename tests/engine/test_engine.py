@@ -1,4 +1,5 @@
-"""The engine on real ctransformers models written by the project's GGML writer."""
+"""The engine on real models written by the project's GGML writer, on both engines (tests/engine/conftest.py):
+the same tokens, pieces, stops, seeds, limits, cancellation and timeouts from ctransformers and llama.cpp."""
 
 from __future__ import annotations
 
@@ -21,14 +22,14 @@ def hello(scripted):
                     extra=[b"\xe6\x97", b"\xa5", b"\xe6\x9c\xac"])
 
 
-def run(engine: Engine, prompt_ids, **params):
+def run(engine, prompt_ids, **params):
     gen = engine.generate(prompt_ids, SamplingParams(**params))
     pieces = list(gen)
     return pieces, gen
 
 
-def test_scripted_model_streams_each_token_and_stops_at_end_of_text(hello):
-    engine = Engine(hello.path, threads=1)
+def test_scripted_model_streams_each_token_and_stops_at_end_of_text(open_backend, hello):
+    engine = open_backend(hello.path)
     pieces, gen = run(engine, hello.prompt_ids, max_new_tokens=50, **GREEDY)
     assert pieces == ["H", "i", " ", "日", "本", "!"]  # the split character comes out whole, once
     assert gen.finish_reason == "stop"
@@ -36,8 +37,8 @@ def test_scripted_model_streams_each_token_and_stops_at_end_of_text(hello):
     assert gen.text == "Hi 日本!"
 
 
-def test_max_new_tokens_ends_with_length(hello):
-    engine = Engine(hello.path, threads=1)
+def test_max_new_tokens_ends_with_length(open_backend, hello):
+    engine = open_backend(hello.path)
     pieces, gen = run(engine, hello.prompt_ids, max_new_tokens=4, **GREEDY)
     assert "".join(pieces) == "Hi "  # the 4th token is half a character: never emitted broken
     assert gen.finish_reason == "length"
@@ -48,30 +49,30 @@ def test_max_new_tokens_ends_with_length(hello):
     "stop, text",
     [(["i 日"], "H"), (["本"], "Hi 日"), (["!"], "Hi 日本"), (["zz", " 日本"], "Hi"), (["nothing"], "Hi 日本!")],
 )
-def test_stop_strings_end_generation_and_are_not_returned(hello, stop, text):
-    engine = Engine(hello.path, threads=1)
+def test_stop_strings_end_generation_and_are_not_returned(open_backend, hello, stop, text):
+    engine = open_backend(hello.path)
     pieces, gen = run(engine, hello.prompt_ids, max_new_tokens=50, stop=tuple(stop), **GREEDY)
     assert "".join(pieces) == text
     assert gen.finish_reason == "stop"
 
 
-def test_held_back_text_that_is_not_a_stop_is_released(hello):
-    engine = Engine(hello.path, threads=1)
+def test_held_back_text_that_is_not_a_stop_is_released(open_backend, hello):
+    engine = open_backend(hello.path)
     pieces, gen = run(engine, hello.prompt_ids, max_new_tokens=50, stop=("i 日X",), **GREEDY)
     assert "".join(pieces) == "Hi 日本!"
     assert "i 日" not in pieces[:2]  # "i", " ", "日" were held while they could still start the stop string
 
 
-def test_same_seed_same_text_and_different_seed_differs(tiny_model):
-    engine = Engine(tiny_model, threads=1)
+def test_same_seed_same_text_and_different_seed_differs(open_backend, tiny_model):
+    engine = open_backend(tiny_model)
     prompt = engine.tokenizer.encode("Hello world")
     texts = [run(engine, prompt, max_new_tokens=40, seed=s)[1].tokens for s in (7, 7, 8)]
     assert texts[0] == texts[1]
     assert texts[0] != texts[2]
 
 
-def test_context_overflow_names_both_numbers(tiny_model):
-    engine = Engine(tiny_model, threads=1)
+def test_context_overflow_names_both_numbers(open_backend, tiny_model):
+    engine = open_backend(tiny_model)
     prompt = engine.tokenizer.encode("x" * 1000)
     assert len(prompt) == 1000
     with pytest.raises(ContextOverflow) as exc:
@@ -81,8 +82,8 @@ def test_context_overflow_names_both_numbers(tiny_model):
     engine.generate(prompt, SamplingParams(max_new_tokens=24))  # exactly full: fine
 
 
-def test_cancel_stops_within_a_token(long_model):
-    engine = Engine(long_model, threads=1)
+def test_cancel_stops_within_a_token(open_backend, long_model):
+    engine = open_backend(long_model)
     cancel = threading.Event()
     gen = engine.generate(engine.tokenizer.encode("Hi"), SamplingParams(max_new_tokens=1000), cancel=cancel)
     pieces = 0
@@ -98,8 +99,8 @@ def test_cancel_stops_within_a_token(long_model):
     assert len(gen.tokens) == tokens_at_cancel  # no token is sampled after the cancel is seen
 
 
-def test_deadline_ends_with_timeout(long_model):
-    engine = Engine(long_model, threads=1)
+def test_deadline_ends_with_timeout(open_backend, long_model):
+    engine = open_backend(long_model)
     gen = engine.generate(engine.tokenizer.encode("Hi"), SamplingParams(max_new_tokens=1000),
                           deadline=time.monotonic() + 0.2)
     list(gen)

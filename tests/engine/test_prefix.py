@@ -1,4 +1,5 @@
-"""Prefix reuse and prompt timings on real ctransformers models written by the project's writer."""
+"""Prefix reuse and prompt timings on real models written by the project's writer, on both engines
+(tests/engine/conftest.py): each reuses its prompt in whole batches of its own size."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import threading
 
 import pytest
 
-from service.engine.ctransformers_backend import Engine
-from service.engine.generation import PROMPT_BATCH
 from service.engine.prefix import reusable
 from service.engine.sampling import SamplingParams
 
@@ -15,14 +14,12 @@ GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
 SEEDED = dict(temperature=1.0, top_k=40, top_p=0.95, repetition_penalty=1.1, seed=1234)
 
 
-@pytest.fixture(scope="module")
-def engine(long_model):
-    eng = Engine(long_model, threads=1)
-    yield eng
-    eng.close()
+@pytest.fixture
+def engine(long_backend):
+    return long_backend
 
 
-def generate(engine: Engine, prompt_ids, cache_prompt=True, **params):
+def generate(engine, prompt_ids, cache_prompt=True, **params):
     gen = engine.generate(prompt_ids, SamplingParams(**params), cache_prompt=cache_prompt)
     text = "".join(gen)
     return gen, text
@@ -41,9 +38,10 @@ def test_reusable_is_the_shared_prefix_in_whole_batches_and_keeps_the_last_promp
 
 def test_instance_holds_the_whole_prompt_batches_of_its_last_sequence(engine):
     prompt = engine.tokenizer.encode("The cat sat on the mat " * 7)
-    assert len(prompt) % PROMPT_BATCH
+    batch = engine.prompt_batch
+    assert len(prompt) % batch and len(prompt) > batch
     generate(engine, prompt, max_new_tokens=10, **GREEDY)
-    assert engine.sequence == prompt[: len(prompt) - len(prompt) % PROMPT_BATCH]
+    assert engine.sequence == prompt[: len(prompt) - len(prompt) % batch]
 
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
@@ -52,7 +50,7 @@ def test_reuse_gives_the_same_tokens_as_a_full_evaluation(engine, params):
     gen_a, _ = generate(engine, first, max_new_tokens=20, **params)
     follow = first + gen_a.tokens + engine.tokenizer.encode(" and then")  # a conversation's next turn
     cached, cached_text = generate(engine, follow, max_new_tokens=60, **params)
-    assert cached.cached_tokens == len(first) - len(first) % PROMPT_BATCH > 0
+    assert cached.cached_tokens == len(first) - len(first) % engine.prompt_batch > 0
     assert cached.prompt_evaluated == len(follow) - cached.cached_tokens
     full, full_text = generate(engine, follow, cache_prompt=False, max_new_tokens=60, **params)
     assert full.cached_tokens == 0 and full.prompt_evaluated == len(follow)
@@ -77,11 +75,12 @@ def test_same_prompt_after_another_is_evaluated_again(engine):
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_diverging_prompt_reuses_only_the_shared_batches(engine, params):
-    a = engine.tokenizer.encode("Alpha beta gamma delta " * 10)
-    b = a[:75] + engine.tokenizer.encode(" zeta eta theta")
+    batch = engine.prompt_batch
+    a = engine.tokenizer.encode("Alpha beta gamma delta " * 20)
+    b = a[: 2 * batch + 11] + engine.tokenizer.encode(" zeta eta theta")
     generate(engine, a, max_new_tokens=5, **params)
     gen_b, _ = generate(engine, b, max_new_tokens=40, **params)
-    assert gen_b.cached_tokens == 64
+    assert gen_b.cached_tokens == 2 * batch
     full, _ = generate(engine, b, cache_prompt=False, max_new_tokens=40, **params)
     assert gen_b.tokens == full.tokens
 
@@ -103,7 +102,7 @@ def test_cancel_during_the_prompt_stops_within_one_batch(engine):
     seen: dict[str, int] = {}
 
     def watch() -> None:
-        while gen.prompt_evaluated < 2 * PROMPT_BATCH:
+        while gen.prompt_evaluated < 2 * engine.prompt_batch:
             pass
         cancel.set()
         seen["at_cancel"] = gen.prompt_evaluated
@@ -113,6 +112,9 @@ def test_cancel_during_the_prompt_stops_within_one_batch(engine):
     assert list(gen) == []
     watcher.join()
     assert gen.finish_reason == "cancelled" and gen.tokens == []
-    assert gen.prompt_evaluated - seen["at_cancel"] <= PROMPT_BATCH  # at most the batch in flight
+    assert gen.prompt_evaluated - seen["at_cancel"] <= engine.prompt_batch  # at most the batch in flight
     assert gen.prompt_evaluated < len(prompt)
-    assert gen.engine.sequence == prompt[: gen.prompt_evaluated]  # what was evaluated stays reusable
+    if type(engine).__name__ == "LlamaSlot":  # llama.cpp frees a cancelled sequence's cells at once
+        assert gen.engine.sequence == [] and gen.engine.kv_len == 0
+    else:  # ctransformers' instance keeps what was evaluated, reusable by the next request
+        assert gen.engine.sequence == prompt[: gen.prompt_evaluated]
