@@ -182,7 +182,9 @@ class LlamaContext:
         lc, b = self._lc, self._batch
         with self._decoding:
             n = 0
-            for e in evals:
+            # in seq-id order: llama.cpp puts only consecutive sequence ids (KV streams) into one
+            # micro-batch, so sequences listed out of order would be decoded in several passes
+            for e in sorted(evals, key=lambda e: e.slot.seq_id):
                 slot = e.slot
                 if slot.kv_len > e.n_past:  # positions past n_past hold an older sequence's tail
                     lc.llama_memory_seq_rm(self._mem, slot.seq_id, e.n_past, -1)

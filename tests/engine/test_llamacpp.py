@@ -1,11 +1,10 @@
 """The llama.cpp engine with continuous batching, on GGUF copies of models made by the project's writer.
 
-One context with four sequence slots: streams run together (one decode per step for all), each
-gives what it gives alone up to a near-tie (llama.cpp's kernels for one row and for several sum in
-other orders: measured, a random-weight model's greedy 120-token runs part, if at all, at a token
-where two logits are within that rounding, README: llama.cpp engine), a cancelled one frees its
-slot while the others go on, and the same weights give ctransformers' greedy continuation (up to
-where the two ggml versions' sums part).
+One context with four sequence slots: streams run together (one decode per step for all); with
+quantised weights each gives, bit for bit, what it gives alone (greedy and seeded); with float
+weights llama.cpp's one-row and tiled kernels sum in other orders, a difference measured here and
+bounded (README: llama.cpp engine); a cancelled stream frees its slot while the others go on; and
+the same weights give ctransformers' greedy continuation (up to where the two ggml versions part).
 """
 
 from __future__ import annotations
@@ -20,34 +19,39 @@ from service.engine.sampling import SamplingParams
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
 
+import numpy as np  # noqa: E402
+
 from service.engine.ctransformers_backend import Engine  # noqa: E402
-from service.engine.llamacpp_backend import LlamaContext  # noqa: E402
+from service.engine.llamacpp_backend import LlamaContext, _Eval  # noqa: E402
+from service.formats.ggml.tiny import make_tiny_gpt2  # noqa: E402
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from service.runtime.loading import gguf_tokenizer_for  # noqa: E402
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
-AGREE = 16  # tokens a batched run must share with its run alone (measured: they part at token 23 to 80, or never)
-
-
-def agreement(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two runs share."""
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 @pytest.fixture(scope="module")
-def gguf(long_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ggml_to_gguf(long_model, tmp_path_factory.mktemp("gguf") / "model.gguf")
+def q4_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The long model's shape in q4_0, MiniVault's default quantisation, never picking end-of-text."""
+    path = tmp_path_factory.mktemp("q4") / "model.bin"
+    make_tiny_gpt2(path, n_embd=384, n_layer=6, scale=0.3, no_eos=True, ftype="q4_0")
+    return path
 
 
 @pytest.fixture(scope="module")
-def context(long_model: Path, gguf: Path):
-    ctx = LlamaContext(gguf, parallel=4, threads=1, tokenizer=gguf_tokenizer_for(long_model, gguf))
+def gguf(q4_model: Path) -> Path:
+    return ggml_to_gguf(q4_model, q4_model.parent / "model.gguf")
+
+
+@pytest.fixture(scope="module")
+def context(q4_model: Path, gguf: Path):
+    ctx = LlamaContext(gguf, parallel=4, threads=1, tokenizer=gguf_tokenizer_for(q4_model, gguf))
     yield ctx
     ctx.close()
 
 
-def generate(slot, prompt, cancel=None, **params):
-    gen = slot.generate(prompt, SamplingParams(**params), cancel=cancel)
+def generate(slot, prompt, cancel=None, cache_prompt=True, **params):
+    gen = slot.generate(prompt, SamplingParams(**params), cancel=cancel, cache_prompt=cache_prompt)
     for _ in gen:
         pass
     return gen
@@ -85,38 +89,37 @@ def test_four_streams_progress_together_and_each_equals_its_run_alone(context):
     alone = [generate(context.slots[0], p, max_new_tokens=48, **GREEDY).tokens for p in prompts]
     steps, seqs = context.steps, context.step_sequences
     out = run_together(context, [(p, dict(max_new_tokens=48, **GREEDY), None) for p in prompts])
-    for o, solo in zip(out, alone):  # batched greedy = alone, up to a near-tie
-        assert len(o["gen"].tokens) == 48 and agreement(o["gen"].tokens, solo) >= AGREE
+    for o, solo in zip(out, alone):  # batched greedy = alone, token for token
+        assert len(o["gen"].tokens) == 48 and o["gen"].tokens == solo
     assert max(o["first"] for o in out) < min(o["end"] for o in out)  # all four first tokens before any ends
     batch = (context.step_sequences - seqs) / (context.steps - steps)
     assert batch > 2.0, f"{batch:.2f} sequences per decode on average: the streams were not batched"
 
 
-@pytest.mark.xfail(strict=False, reason="seeded sampling on this random-weight model turns on logit differences "
-                   "between llama.cpp's one-row and several-row kernels; measured: 2 of 5 runs part before token 16")
 def test_seeded_sampling_in_a_batch_equals_its_run_alone(context):
-    prompt = context.tokenizer.encode("Seeded")
-    params = dict(max_new_tokens=40, temperature=0.9, top_k=40, top_p=0.95, seed=1234)
-    alone = generate(context.slots[1], prompt, **params).tokens
-    out = run_together(context, [(prompt, params, None)] * 4)
-    assert all(agreement(o["gen"].tokens, alone) >= AGREE for o in out)
+    prompts = [context.tokenizer.encode(t) for t in ("Seeded", "Other text " * 12, "x" * 200, "Hi")]
+    params = dict(max_new_tokens=60, temperature=0.9, top_k=40, top_p=0.95, seed=1234)
+    alone = [generate(context.slots[0], p, cache_prompt=False, **params).tokens for p in prompts]
+    for _ in range(3):  # each round's steps group the four differently
+        out = run_together(context, [(p, params, None) for p in prompts])
+        assert [o["gen"].tokens for o in out] == alone
 
 
 def test_cancelled_stream_stops_and_frees_its_slot_while_the_others_go_on(context):
     prompt = context.tokenizer.encode("Cancel me")
-    alone = generate(context.slots[0], prompt, max_new_tokens=120, **GREEDY).tokens
+    alone = generate(context.slots[0], prompt, max_new_tokens=800, **GREEDY).tokens
     cancel = threading.Event()
-    timer = threading.Timer(0.3, cancel.set)
+    timer = threading.Timer(0.2, cancel.set)
     timer.start()
-    jobs = [(prompt, dict(max_new_tokens=120, **GREEDY), cancel if i == 2 else None) for i in range(4)]
+    jobs = [(prompt, dict(max_new_tokens=800, **GREEDY), cancel if i == 2 else None) for i in range(4)]
     out = run_together(context, jobs)
     timer.cancel()
     cancelled = out[2]["gen"]
-    assert cancelled.finish_reason == "cancelled" and 0 < len(cancelled.tokens) < 120
-    assert agreement(cancelled.tokens, alone) >= min(AGREE, len(cancelled.tokens))
+    assert cancelled.finish_reason == "cancelled" and 0 < len(cancelled.tokens) < 800
+    assert cancelled.tokens == alone[: len(cancelled.tokens)]
     assert context.slots[2].kv_len == 0 and context.slots[2].sequence == []  # its cells freed at once
     for i in (0, 1, 3):
-        assert out[i]["gen"].finish_reason == "length" and agreement(out[i]["gen"].tokens, alone) >= AGREE
+        assert out[i]["gen"].finish_reason == "length" and out[i]["gen"].tokens == alone
 
 
 def test_prefix_reuse_gives_the_same_tokens_as_a_full_evaluation(context):
@@ -133,15 +136,18 @@ def test_prefix_reuse_gives_the_same_tokens_as_a_full_evaluation(context):
     assert fresh.cached_tokens == 0 and fresh.tokens == reused.tokens
 
 
-def test_same_weights_give_ctransformers_greedy_continuation(long_model, context):
-    engine = Engine(long_model, threads=1)
+def test_same_weights_give_ctransformers_greedy_continuation(long_model, tmp_path):
+    engine = Engine(long_model, threads=1)  # f32: q4_0's activation rounding differs between the versions too
+    gguf = ggml_to_gguf(long_model, tmp_path / "model.gguf")
+    ctx = LlamaContext(gguf, parallel=1, threads=1, tokenizer=engine.tokenizer)
     try:
         prompt = engine.tokenizer.encode("Hello world, this is a test")
         ct = engine.generate(prompt, SamplingParams(max_new_tokens=32, **GREEDY))
         list(ct)
+        lc = generate(ctx.slots[0], prompt, max_new_tokens=32, **GREEDY).tokens
     finally:
         engine.close()
-    lc = generate(context.slots[0], prompt, max_new_tokens=32, **GREEDY).tokens
+        ctx.close()
     agree = next((i for i, (a, b) in enumerate(zip(ct.tokens, lc)) if a != b), len(lc))
     # two ggml versions (2023's and today's) sum in other orders: random weights make greedy
     # continuations part once two logits are within those rounding differences (README: measured)
@@ -153,3 +159,26 @@ def test_a_model_llamacpp_cannot_load_is_a_clear_error(tmp_path, long_model):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ValueError, match="could not load"):
         LlamaContext(bad, parallel=1, threads=1, tokenizer=Engine(long_model, threads=1).tokenizer)
+
+
+def test_float_weights_alone_and_batched_differ_by_a_small_measured_bound(long_model, tmp_path):
+    """f32 weights: one row goes through ggml's dot products, two or more through llamafile's tiled
+    kernel, which sums in another order (measured: up to 0.13 on logits of magnitude ~70, 0.2%)."""
+    gguf = ggml_to_gguf(long_model, tmp_path / "model.gguf")
+    ctx = LlamaContext(gguf, parallel=3, threads=1, tokenizer=gguf_tokenizer_for(long_model, gguf))
+    try:
+        prompt = ctx.tokenizer.encode("Hello world, this is it")
+        slots = ctx.slots
+        for slot in slots:
+            ctx._decode([_Eval(slot, prompt, 0)])
+        token, n, worst, scale = int(np.argmax(slots[0].logits())), len(prompt), 0.0, 0.0
+        for _ in range(40):  # the same token to all three: slot 0 alone, slots 1 and 2 in one batch
+            ctx._decode([_Eval(slots[0], [token], n)])
+            ctx._decode([_Eval(slots[1], [token], n), _Eval(slots[2], [token], n)])
+            alone, batched = slots[0].logits(), slots[1].logits()
+            assert np.array_equal(batched, slots[2].logits())  # two rows of one batch: the same bits
+            worst, scale = max(worst, float(np.abs(alone - batched).max())), max(scale, float(np.abs(alone).max()))
+            token, n = int(np.argmax(alone)), n + 1
+    finally:
+        ctx.close()
+    assert worst <= 0.01 * scale, f"alone and batched logits differ by {worst:.3g} (largest logit {scale:.3g})"
