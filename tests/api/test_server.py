@@ -1,4 +1,5 @@
-"""The real server over real HTTP: streaming, load, disconnects, timeouts, drain, the log."""
+"""The real server over real HTTP: streaming, load, disconnects, timeouts, drain, the log; on both
+engines (llama.cpp runs a GGUF copy of the model made at load, its sequence slots as the workers)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,20 @@ import pytest
 from tests.support.server import read_log, wait_idle
 
 LONG = {"prompt": "Tell me a long story", "max_new_tokens": 600}
+
+
+@pytest.fixture(params=["ctransformers", "llamacpp"])
+def start_server(request: pytest.FixtureRequest, start_server):
+    """The live-server factory on this test's engine: MINIVAULT_WORKERS becomes llama.cpp's slots."""
+    if request.param == "ctransformers":
+        return start_server
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+
+    def start(model, **env):
+        slots = env.pop("MINIVAULT_WORKERS", 1)
+        return start_server(model, MINIVAULT_ENGINE="llamacpp", MINIVAULT_PARALLEL=slots, **env)
+
+    return start
 
 
 def test_stream_first_chunk_arrives_while_generation_runs(start_server, long_model):
