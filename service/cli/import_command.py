@@ -22,18 +22,21 @@ def import_(
     name: Annotated[Text, opt("Folder name in the models dir (default: from PATH).")] = None,
     quant: Annotated[Quant, opt("Quantisation when a checkpoint folder is converted.")] = "q4_0",
     force: Annotated[bool, opt("Replace a model of the same name.", "--force")] = False,
+    keep_gguf: Annotated[bool, opt("Keep a GGUF file as model.gguf beside its GGML copy (for llama.cpp).",
+                                   "--keep-gguf/--no-keep-gguf")] = True,
     models_dir: ModelsDir = Path("models"),
 ) -> None:
     """Install a local model file or checkpoint into the models dir.
 
     A GGUF file is converted to GGML (blocks copied; a mixed-type file has its minority tensors
-    requantised, which is reported); a GGML file is copied; a checkpoint is converted at --quant.
+    requantised, which is reported) and kept as model.gguf for the llama.cpp engine; a GGML file is
+    copied; a checkpoint is converted at --quant.
     Prints the installed model file's path.
     """
     with _model_errors():
         from service.hub.importer import import_model
 
-        model = import_model(path, models_dir=models_dir, name=name, quant=quant, force=force,
+        model = import_model(path, models_dir=models_dir, name=name, quant=quant, force=force, keep_gguf=keep_gguf,
                              say=lambda m: say(m))
         print(model, flush=True)
 

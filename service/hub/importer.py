@@ -73,12 +73,14 @@ def import_model(
     name: str | None = None,
     quant: str = "q4_0",
     force: bool = False,
+    keep_gguf: bool = True,
     say: Callable[[str], None] = _stderr,
 ) -> Path:
     """Install the local model at `path` into `models_dir`; return the installed GGML file's path.
 
-    `quant` applies to a checkpoint folder only (files keep their types). An existing
-    models/<name> is replaced only with `force`. ValueError (one line) when refused.
+    `quant` applies to a checkpoint folder only (files keep their types). A GGUF file is also kept
+    as model.gguf beside the GGML copy (llama.cpp runs it as it is) unless `keep_gguf` is False. An
+    existing models/<name> is replaced only with `force`. ValueError (one line) when refused.
     """
     src, models_dir = Path(path), Path(models_dir)
     kind = kind_of(src)
@@ -96,6 +98,9 @@ def import_model(
             say(f"Converting GGUF {src} to GGML")
             manifest = convert_gguf(src, work, name=name)
             report_gguf(manifest, say)
+            if keep_gguf:  # the llama.cpp engine's file: the original, not a copy of the GGML one
+                shutil.copyfile(src, work / "model.gguf")
+                say(f"Kept the original as model.gguf for the llama.cpp engine ({human_size(src.stat().st_size)})")
         elif kind == "checkpoint":
             say(f"Converting the GPT-2 checkpoint {src} to GGML {quant}")
             manifest = convert.convert_checkpoint(src, work, quant, name=name)

@@ -67,7 +67,7 @@ def main() -> None:
             for kind in kinds:
                 shutil.rmtree(root / "models", ignore_errors=True)
                 t = time.perf_counter()
-                model = import_model(files[kind], models_dir=root / "models", name=kind, say=lambda m: None)
+                model = import_model(files[kind], models_dir=root / "models", name=kind, keep_gguf=False, say=lambda m: None)
                 times[kind].append(time.perf_counter() - t)
                 shutil.move(model.parent, root / f"keep-{kind}") if r == args.rounds - 1 else None
             print(f"round {r + 1}: " + ", ".join(f"{k} {times[k][-1]:.2f}s" for k in kinds), file=sys.stderr)

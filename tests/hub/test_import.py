@@ -63,8 +63,8 @@ def hub(tmp_path, monkeypatch):
     yield from serve_hub(tmp_path, monkeypatch)
 
 
-def generate(model: Path, log: Path) -> str:
-    server = LiveServer(model, log, MINIVAULT_THREADS="1")
+def generate(model: Path, log: Path, engine: str = "ctransformers") -> str:
+    server = LiveServer(model, log, MINIVAULT_THREADS="1", MINIVAULT_ENGINE=engine)
     try:
         r = httpx.post(server.url + "/generate", json=GREEDY, timeout=60)
         assert r.status_code == 200, r.text
@@ -87,6 +87,8 @@ def test_import_gguf_installs_a_verified_model_that_serves_like_the_projects_own
     manifest = read_manifest(model)
     assert manifest.source.kind == "gguf" and manifest.source_sha256 == file_sha256(ggufs["q8_0"])
     assert manifest.sha256 == file_sha256(model) and not list((models / ".partial").iterdir())
+    kept = model.parent / "model.gguf"  # the original, for the llama.cpp engine
+    assert kept.read_bytes() == ggufs["q8_0"].read_bytes() and "Kept the original as model.gguf" in result.stderr
 
     # the same weights through the project's own GGML path, with the same tokenizer, over HTTP
     ref = tmp_path / "ref" / "model.bin"
@@ -95,6 +97,29 @@ def test_import_gguf_installs_a_verified_model_that_serves_like_the_projects_own
     shutil.copy(model.parent / "tokenizer.json", ref.parent / "tokenizer.json")
     text = generate(model, tmp_path / "a.jsonl")
     assert text and text == generate(ref, tmp_path / "b.jsonl")
+
+
+def test_import_gguf_without_keeping_it_installs_the_ggml_copy_alone(ggufs, tmp_path):
+    models = tmp_path / "models"
+    result = run("import", str(ggufs["q8_0"]), "--models-dir", str(models), "--no-keep-gguf")
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (models / "gpt2-small.q8_0").iterdir()) == ["manifest.json", "model.bin",
+                                                                               "tokenizer.json"]
+
+
+def test_the_kept_gguf_is_what_llamacpp_serves(ggufs, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+    models = tmp_path / "models"
+    assert run("import", str(ggufs["q8_0"]), "--models-dir", str(models)).exit_code == 0
+    server = LiveServer(models, tmp_path / "log.jsonl", MINIVAULT_MODEL="", MINIVAULT_MODELS_DIR=str(models),
+                        MINIVAULT_THREADS="1")
+    try:
+        (entry,) = httpx.get(server.url + "/health").json()["models"]
+        assert entry["engine"] == "llamacpp"  # auto: a GGUF file and llama.cpp installed
+        r = httpx.post(server.url + "/generate", json=GREEDY, timeout=60)
+        assert r.status_code == 200 and r.json()["response"], r.text
+    finally:
+        server.stop()
 
 
 def test_import_of_a_mixed_gguf_reports_the_requantisation(ggufs, tmp_path):
