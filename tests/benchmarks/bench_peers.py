@@ -5,6 +5,8 @@ into a GGUF for llama.cpp (service/formats/ggml_to_gguf.py, with the `gguf` pack
 skipped with a printed reason when it is not there:
 
 - minivault: `POST /generate/stream` of a live server (tests' LiveServer), plain-text chunks
+- minivault-llamacpp: the same, on MiniVault's llama.cpp engine (the GGUF file, MINIVAULT_PARALLEL
+  sequence slots in one context), if `import llama_cpp` works
 - ctransformers: its own `LLM.generate` loop in-process (sampling in C), same file and threads
 - llama-server: llama.cpp's server over HTTP (`POST /completion`, stream), --llama-server PATH
   (default ../shared/tools/llama-server/llama-server; how to build it: its README there, or
@@ -15,7 +17,8 @@ skipped with a printed reason when it is not there:
 Measures: decode tok/s at 1 and 2 threads (one stream); time to first token for 32-, 256- and
 1000-token prompts, cold (prefix reuse off) and on a prefix hit (the same prompt again, reuse
 on); aggregate decode tok/s at 1, 2 and 4 concurrent streams. Each round runs every peer once,
-back to back, so machine noise hits all alike; tables give medians and ratios to MiniVault.
+back to back, so machine noise hits all alike; tables give medians and ratios to MiniVault on
+each of its engines.
 
     .venv/bin/python tests/benchmarks/bench_peers.py [--rounds 5] [--tokens 128] [--only decode,ttft,streams]
 """
@@ -77,6 +80,17 @@ class MiniVault:
     def close(self) -> None:
         self.client.close()
         self.server.stop()
+
+
+class MiniVaultLlama(MiniVault):
+    name = "minivault-llamacpp"
+
+    def __init__(self, gguf: Path, tmp: Path, threads: int, parallel: int = 1) -> None:
+        import llama_cpp  # noqa: F401  (skipped with its reason when it is not installed)
+
+        self.server = start_server(gguf, tmp / f"log-llama-{threads}-{parallel}.jsonl", engine="llamacpp",
+                                   parallel=parallel, threads=threads)
+        self.client = httpx.Client(base_url=self.server.url, timeout=600)
 
 
 class CTransformers:
@@ -239,6 +253,10 @@ class Transformers:
 def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
     """Every peer that can run here, at `threads`; prints why each missing one is skipped."""
     peers: list = [MiniVault(model, tmp, threads), CTransformers(model, tmp, threads)]
+    try:
+        peers.append(MiniVaultLlama(gguf, tmp, threads))
+    except ImportError as exc:
+        say(f"skip minivault-llamacpp: cannot import llama_cpp ({exc})")
     binary = Path(args.llama_server)
     if binary.is_file():
         peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, threads))
@@ -253,14 +271,15 @@ def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
 
 
 def table(title: str, rows: dict[str, list[float]], unit: str, higher_better: bool) -> None:
-    """A markdown table of medians; the ratio is MiniVault's median over the peer's (for times,
-    above 1 means MiniVault takes longer)."""
-    base = statistics.median(rows["minivault"]) if rows.get("minivault") else None
+    """A markdown table of medians, with MiniVault's median over the peer's for each MiniVault engine
+    (for times, above 1 means MiniVault takes longer)."""
+    bases = {b: statistics.median(rows[b]) for b in ("minivault", "minivault-llamacpp") if rows.get(b)}
     better = "higher is better" if higher_better else "lower is better"
-    print(f"\n{title} ({better})\n| peer | median {unit} | minivault / peer |\n|---|---|---|")
+    heads = " | ".join(f"{b} / peer" for b in bases)
+    print(f"\n{title} ({better})\n| peer | median {unit} | {heads} |\n|---|---|" + "---|" * len(bases))
     for name, vals in rows.items():
         med = statistics.median(vals)
-        print(f"| {name} | {med:.1f} | {base / med if base else float('nan'):.2f}x |")
+        print(f"| {name} | {med:.1f} | " + " | ".join(f"{base / med:.2f}x" for base in bases.values()) + " |")
 
 
 def bench_decode(args, model, gguf, tmp, results) -> None:
@@ -283,16 +302,24 @@ def bench_decode(args, model, gguf, tmp, results) -> None:
 
 
 def bench_ttft(args, model, gguf, tmp, results) -> None:
-    peers = [p for p in make_peers(args, model, gguf, tmp, args.threads) if p.name in ("minivault", "llama-server")]
+    peers = [p for p in make_peers(args, model, gguf, tmp, args.threads) if p.name in ("minivault", "minivault-llamacpp", "llama-server")]
     try:
         for n_prompt in (32, 256, 1000):
             text, ids = prompt_of(n_prompt)
             rows: dict[str, list[float]] = {}
             for n in range(args.rounds):
-                for p in peers:
-                    rows.setdefault(p.name, []).append(p.run(text, ids, 2, cache=False)[0] * 1000)
-                    p.run(text, ids, 2, cache=True)  # fill the cache
-                    rows.setdefault(p.name + " (prefix hit)", []).append(p.run(text, ids, 2, cache=True)[0] * 1000)
+                for p in list(peers):
+                    try:
+                        cold = p.run(text, ids, 2, cache=False)[0] * 1000
+                        p.run(text, ids, 2, cache=True)  # fill the cache
+                        hit = p.run(text, ids, 2, cache=True)[0] * 1000
+                    except httpx.HTTPError as exc:  # a peer that fails is dropped, visibly
+                        say(f"{p.name} failed on a {n_prompt}-token prompt ({exc}): dropped from the TTFT runs")
+                        peers.remove(p)
+                        p.close()
+                        continue
+                    rows.setdefault(p.name, []).append(cold)
+                    rows.setdefault(p.name + " (prefix hit)", []).append(hit)
                 say(f"ttft {n_prompt} round {n + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows.items()))
             results[f"ttft_{n_prompt}"] = rows
             table(f"time to first token, {n_prompt}-token prompt, {args.threads} threads", rows, "ms", False)
@@ -304,7 +331,11 @@ def bench_ttft(args, model, gguf, tmp, results) -> None:
 def bench_streams(args, model, gguf, tmp, results) -> None:
     text, ids = prompt_of(8)
     for streams in (1, 2, 4):
-        peers = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))]
+        peers: list = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))]
+        try:
+            peers.append(MiniVaultLlama(gguf, tmp, args.threads, parallel=streams))
+        except ImportError as exc:
+            say(f"skip minivault-llamacpp: cannot import llama_cpp ({exc})")
         binary = Path(args.llama_server)
         if binary.is_file():
             peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, args.threads, parallel=streams))
@@ -324,7 +355,7 @@ def bench_streams(args, model, gguf, tmp, results) -> None:
                 p.close()
         results[f"streams_{streams}"] = rows
         table(f"aggregate tok/s, {streams} concurrent stream(s) (minivault: {min(streams, 2)} worker(s) x 1 thread; "
-              f"llama-server: -np {streams} -t {args.threads})", rows, "tok/s", True)
+              f"minivault-llamacpp: {streams} slot(s) x {args.threads} threads; llama-server: -np {streams} -t {args.threads})", rows, "tok/s", True)
 
 
 def main() -> None:
