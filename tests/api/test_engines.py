@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.engines import require_llamacpp
 from tests.support.server import new_records, read_log
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+require_llamacpp()
 
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 

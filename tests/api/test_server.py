@@ -13,17 +13,18 @@ from contextlib import ExitStack
 import httpx
 import pytest
 
+from tests.support.engines import ENGINES, require_llamacpp
 from tests.support.server import read_log, wait_idle
 
 LONG = {"prompt": "Tell me a long story", "max_new_tokens": 600}
 
 
-@pytest.fixture(params=["ctransformers", "llamacpp"])
+@pytest.fixture(params=ENGINES)
 def start_server(request: pytest.FixtureRequest, start_server):
     """The live-server factory on this test's engine: MINIVAULT_WORKERS becomes llama.cpp's slots."""
     if request.param == "ctransformers":
         return start_server
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+    require_llamacpp()
 
     def start(model, **env):
         slots = env.pop("MINIVAULT_WORKERS", 1)

@@ -250,13 +250,19 @@ class Transformers:
         pass
 
 
+def minivault_llama(gguf: Path, tmp: Path, threads: int, parallel: int = 1) -> list:
+    """[MiniVault on its llama.cpp engine], or [] with the reason printed."""
+    try:
+        return [MiniVaultLlama(gguf, tmp, threads, parallel)]
+    except ImportError as exc:
+        say(f"skip minivault-llamacpp: cannot import llama_cpp ({exc})")
+        return []
+
+
 def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
     """Every peer that can run here, at `threads`; prints why each missing one is skipped."""
     peers: list = [MiniVault(model, tmp, threads), CTransformers(model, tmp, threads)]
-    try:
-        peers.append(MiniVaultLlama(gguf, tmp, threads))
-    except ImportError as exc:
-        say(f"skip minivault-llamacpp: cannot import llama_cpp ({exc})")
+    peers += minivault_llama(gguf, tmp, threads)
     binary = Path(args.llama_server)
     if binary.is_file():
         peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, threads))
@@ -332,10 +338,7 @@ def bench_streams(args, model, gguf, tmp, results) -> None:
     text, ids = prompt_of(8)
     for streams in (1, 2, 4):
         peers: list = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))]
-        try:
-            peers.append(MiniVaultLlama(gguf, tmp, args.threads, parallel=streams))
-        except ImportError as exc:
-            say(f"skip minivault-llamacpp: cannot import llama_cpp ({exc})")
+        peers += minivault_llama(gguf, tmp, args.threads, parallel=streams)
         binary = Path(args.llama_server)
         if binary.is_file():
             peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, args.threads, parallel=streams))

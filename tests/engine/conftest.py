@@ -9,8 +9,7 @@ from typing import Callable, Iterator
 import pytest
 
 from service.engine.base import Backend
-
-ENGINES = ("ctransformers", "llamacpp")
+from tests.support.engines import ENGINES, require_llamacpp
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +38,7 @@ def opener(engine: str, gguf_copy: Callable[[Path], Path]) -> tuple[Callable[[Pa
             backend = Engine(model, threads=1)
             opened.append(backend)
             return backend
-        pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+        require_llamacpp()
         from service.engine.llamacpp_backend import LlamaContext
         from service.runtime.loading import gguf_tokenizer_for
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from service.engine.sampling import SamplingParams
+from tests.support.engines import require_llamacpp
 
-pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+require_llamacpp()
 
 import numpy as np  # noqa: E402
 

@@ -19,6 +19,7 @@ from service.formats.ggml.format import HParams, is_matrix, read_gpt2, write_gpt
 from service.formats.ggml.tiny import make_tiny_gpt2
 from service.formats.manifest import file_sha256, read_manifest
 from service.hub.download import HubError, download, list_models
+from tests.support.engines import require_llamacpp
 from tests.support.gguf_models import (
     gpt2_hparams,
     gpt2_vocab_bytes,
@@ -108,7 +109,7 @@ def test_import_gguf_without_keeping_it_installs_the_ggml_copy_alone(ggufs, tmp_
 
 
 def test_the_kept_gguf_is_what_llamacpp_serves(ggufs, tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'minivault[llamacpp]')")
+    require_llamacpp()
     models = tmp_path / "models"
     assert run("import", str(ggufs["q8_0"]), "--models-dir", str(models)).exit_code == 0
     server = LiveServer(models, tmp_path / "log.jsonl", MINIVAULT_MODEL="", MINIVAULT_MODELS_DIR=str(models),
