@@ -167,12 +167,15 @@ class LlamaServer:
                 "seed": 1, "temperature": 0.8, "top_k": 40, "top_p": 0.95, "min_p": 0.0, "repeat_penalty": 1.1}
         t0 = time.perf_counter()
         stamps = []
-        with self.client.stream("POST", "/completion", json=body) as r:
+        # a new connection per request: llama-server closes a kept-alive one after a streamed
+        # response in some cases, and the next request on it failed (connecting costs ~0.1 ms here)
+        with self.client.stream("POST", "/completion", json=body, headers={"Connection": "close"}) as r:
             r.raise_for_status()
             for line in r.iter_lines():
                 if line.startswith("data: ") and '"content"' in line and '"stop":true' not in line:
                     stamps.append(time.perf_counter())
-        return stamps[0] - t0, (len(stamps) - 1) / (stamps[-1] - stamps[0])
+        span = stamps[-1] - stamps[0]  # 0 when two tokens came in one event (a TTFT run)
+        return stamps[0] - t0, (len(stamps) - 1) / span if span > 0 else 0.0
 
     def close(self) -> None:
         self.client.close()
@@ -277,15 +280,16 @@ def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
 
 
 def table(title: str, rows: dict[str, list[float]], unit: str, higher_better: bool) -> None:
-    """A markdown table of medians, with MiniVault's median over the peer's for each MiniVault engine
-    (for times, above 1 means MiniVault takes longer)."""
-    bases = {b: statistics.median(rows[b]) for b in ("minivault", "minivault-llamacpp") if rows.get(b)}
+    """A markdown table of medians, and for each MiniVault engine the median of its paired ratios to
+    the peer (round by round: the machine's noise moves both sides of a pair alike; for times,
+    above 1 means MiniVault takes longer)."""
+    bases = [b for b in ("minivault", "minivault-llamacpp") if rows.get(b)]
     better = "higher is better" if higher_better else "lower is better"
-    heads = " | ".join(f"{b} / peer" for b in bases)
+    heads = " | ".join(f"{b} / peer (paired)" for b in bases)
     print(f"\n{title} ({better})\n| peer | median {unit} | {heads} |\n|---|---|" + "---|" * len(bases))
     for name, vals in rows.items():
-        med = statistics.median(vals)
-        print(f"| {name} | {med:.1f} | " + " | ".join(f"{base / med:.2f}x" for base in bases.values()) + " |")
+        ratios = [statistics.median(a / b for a, b in zip(rows[base], vals)) for base in bases]
+        print(f"| {name} | {statistics.median(vals):.1f} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
 
 
 def bench_decode(args, model, gguf, tmp, results) -> None:
