@@ -3,6 +3,7 @@
 #   docker build -t minivault .                                         # amd64: ctransformers' wheel
 #   docker build --build-arg CTRANSFORMERS_FROM_SOURCE=1 -t minivault .  # compile ctransformers instead
 #   docker buildx build --platform linux/arm64 -t minivault .           # arm64: compiled from source
+#   docker build --build-arg WITH_LLAMACPP=1 -t minivault .             # with the llama.cpp engine
 #
 # Build stages: `deps` installs the dependencies into /opt/venv (with a compiler only when
 # ctransformers is built from source), `venv` strips that venv, `app` installs MiniVault
@@ -28,8 +29,19 @@ WORKDIR /src
 COPY pyproject.toml ./
 COPY docker/install-deps.sh docker/slim-venv.sh docker/
 RUN TARGETARCH="$TARGETARCH" CTRANSFORMERS_FROM_SOURCE="$CTRANSFORMERS_FROM_SOURCE" sh docker/install-deps.sh
-# Optional backends that need compiling (e.g. the llama.cpp one, `minivault[llamacpp]`) belong
-# in this stage too, after the line above: the runtime stage copies only the venv.
+# The llama.cpp engine compiles here (a C++ compiler from Debian, CMake and Ninja from PyPI):
+# the runtime stage copies only the venv. Declared here, so the layers above stay cached either way.
+# 1: compile the llama.cpp engine (`minivault[llamacpp]`) in; LLAMACPP_CPU picks its kernels (auto:
+# this build machine's, avx512 or avx2; set avx2 for an image that must run on any x86-64 CPU).
+ARG WITH_LLAMACPP=0
+ARG LLAMACPP_CPU=auto
+COPY docker/build-llamacpp.sh docker/
+RUN if [ "$WITH_LLAMACPP" = 1 ]; then \
+        apt-get update && apt-get install -y --no-install-recommends g++ make \
+        && LLAMACPP_CPU="$LLAMACPP_CPU" sh docker/build-llamacpp.sh python \
+        && python -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["llamacpp"]))' > /tmp/llamacpp.txt \
+        && pip install -r /tmp/llamacpp.txt; \
+    fi
 
 
 FROM deps AS venv
@@ -50,6 +62,13 @@ RUN groupadd --gid 10001 minivault \
         --shell /usr/sbin/nologin minivault \
  && mkdir -p /models /logs /cache/huggingface \
  && chown minivault:minivault /models /logs /cache /cache/huggingface
+
+# llama.cpp's threads are OpenMP's: its runtime library, where the engine was compiled in
+ARG WITH_LLAMACPP=0
+RUN if [ "$WITH_LLAMACPP" = 1 ]; then \
+        apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+        && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin; \
+    fi
 
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=app /staging/ /
