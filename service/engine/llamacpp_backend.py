@@ -4,9 +4,12 @@ One LlamaContext holds one model and one llama.cpp context with up to `parallel`
 in its own KV stream. Each sequence is a LlamaSlot, a Backend as generation.py sees it (eval at
 positions, then logits), so tokenizer, sampler, stop strings and limits stay MiniVault's. A slot's
 eval joins the next step: one thread gathers what every running slot hands in (a token each, or a
-prompt chunk of at most `prompt_batch` tokens) and decodes it all in one llama_decode call. The
-slot that completes a step (every running slot has handed in) decodes it on its own thread, so a
-lone stream never waits for a hand-over; the step thread decodes what is left when one is late.
+prompt chunk of at most `prompt_batch` tokens) and decodes it all in one llama_decode call.
+
+Only that thread calls llama_decode. Each thread that calls it gets its own OpenMP team, and once
+several teams exist every step is slower: tried (a lone sequence decoding on its own thread, to
+save the hand-over), it cut two streams from 420 to 277 tokens/s and four from 666 to 487
+(in-process, 2 threads), and gained nothing measurable on one stream.
 """
 
 from __future__ import annotations
@@ -127,11 +130,7 @@ class LlamaContext:
             if self._closing:
                 raise GenerationFailed("the model is being unloaded")
             self._pending.append(job)
-            evals = self._take_complete()
-            if evals is None:
-                self._cv.notify_all()  # the step thread gathers, or decodes when the gather time is up
-        if evals is not None:
-            self._step(evals)  # this thread completed the step: decode it here, no hand-over
+            self._cv.notify_all()
         job.done.wait()
         if not job.ok:
             raise GenerationFailed("llama.cpp failed to decode the batch")
@@ -140,10 +139,7 @@ class LlamaContext:
         """A generation starts (True) or ends (False) on `slot`."""
         with self._cv:
             (self._active.add if on else self._active.discard)(slot.seq_id)
-            evals = None if on or not self._pending else self._take_complete()
             self._cv.notify_all()
-        if evals:  # the others were waiting only for this one: decode their step now
-            self._step(evals)
 
     def forget(self, slot: "LlamaSlot") -> None:
         """Free the KV cells of `slot`'s sequence now (it was cancelled or failed)."""
@@ -153,15 +149,7 @@ class LlamaContext:
             slot.kv_len = 0
 
     # --- the step loop -----------------------------------------------------------------------
-    def _take_complete(self) -> list[_Eval] | None:
-        """Under the lock: the pending evals, taken, if every running slot has handed one in."""
-        if self._active - {e.slot.seq_id for e in self._pending}:
-            return None
-        evals, self._pending = self._pending, []
-        return evals
-
     def _loop(self) -> None:
-        """Decode the steps a late slot keeps from completing, once GATHER_S is up."""
         while True:
             with self._cv:
                 while not self._pending and not self._closing:
@@ -169,15 +157,14 @@ class LlamaContext:
                 if self._closing and not self._pending:
                     return
                 deadline = time.monotonic() + GATHER_S
-                while self._pending:  # every running sequence in one batch, unless one is late
+                while True:  # every running sequence in one batch, unless one is late
                     missing = self._active - {e.slot.seq_id for e in self._pending}
                     left = deadline - time.monotonic()
                     if not missing or left <= 0 or self._closing:
                         break
                     self._cv.wait(left)
-                evals, self._pending = self._pending, []  # empty if a slot took the step meanwhile
-            if evals:
-                self._step(evals)
+                evals, self._pending = self._pending, []
+            self._step(evals)
 
     def _step(self, evals: list[_Eval]) -> None:
         """Decode this step: every single-token eval in one batch, each prompt chunk in its own call.

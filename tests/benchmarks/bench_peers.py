@@ -75,7 +75,8 @@ class MiniVault:
             r.raise_for_status()
             for _ in r.iter_raw():
                 stamps.append(time.perf_counter())
-        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])  # chunks may coalesce: ends bound it
+        span = stamps[-1] - stamps[0]  # chunks may coalesce: the ends bound it (0 if all came in one)
+        return stamps[0] - t0, (tokens - 1) / span if span > 0 else 0.0
 
     def close(self) -> None:
         self.client.close()
