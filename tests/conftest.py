@@ -10,6 +10,7 @@ import pytest
 
 from service.config import Settings
 from service.formats.ggml.tiny import make_tiny_gpt2
+from tests.support.long_model import write_long_model
 from tests.support.server import LiveServer, Script
 
 
@@ -55,7 +56,7 @@ def long_model(models_root: Path) -> Path:
     """A random GPT-2 that never picks end-of-text, for generations that must run long."""
     path = models_root / "long" / "model.bin"
     path.parent.mkdir()
-    make_tiny_gpt2(path, n_embd=384, n_layer=6, scale=0.3, no_eos=True)  # ~200 tokens/s on one thread
+    write_long_model(path)
     return path
 
 

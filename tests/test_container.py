@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from service.formats.ggml.tiny import make_tiny_gpt2
+from tests.support.long_model import write_long_model
 from tests.support.server import ROOT, free_port, new_records, read_log
 
 pytestmark = pytest.mark.container
@@ -143,7 +144,7 @@ def stack(image: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.
     # never emits end-of-text, so a generation runs as long as asked
     model = stack.models / "long" / "model.bin"
     model.parent.mkdir()
-    make_tiny_gpt2(model, n_embd=384, n_layer=6, scale=0.3, no_eos=True)
+    write_long_model(model)
     try:
         started = time.monotonic()
         stack("up", "--detach", "--no-build")  # returns once init has exited and api has started

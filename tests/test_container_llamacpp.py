@@ -20,7 +20,14 @@ import pytest
 from service.formats.ggml.tiny import make_tiny_gpt2
 from service.formats.ggml_to_gguf import ggml_to_gguf
 from tests.support.server import ROOT, LiveServer, free_port
-from tests.test_container import BUILD_TIMEOUT_S, HEALTHY_TIMEOUT_S, engine_problem, run, say, wait_healthy
+from tests.test_container import (
+    BUILD_TIMEOUT_S,
+    HEALTHY_TIMEOUT_S,
+    engine_problem,
+    run,
+    say,
+    wait_healthy,
+)
 
 pytestmark = pytest.mark.container
 

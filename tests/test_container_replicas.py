@@ -18,7 +18,7 @@ from typing import Iterator
 import httpx
 import pytest
 
-from service.formats.ggml.tiny import make_tiny_gpt2
+from tests.support.long_model import write_long_model
 from tests.support.replicas import Replicas, build_lb, tokens_per_second
 from tests.support.server import read_log
 from tests.test_container import engine_problem, run
@@ -49,7 +49,7 @@ def replicas(images, tmp_path_factory, request) -> Iterator[Replicas]:
     stack = Replicas(*images, tmp_path_factory.mktemp("replicas"), MINIVAULT_MAX_QUEUE="1")
     model = stack.models / "long" / "model.bin"
     model.parent.mkdir()
-    make_tiny_gpt2(model, n_embd=384, n_layer=6, scale=0.3, no_eos=True)
+    write_long_model(model)
     try:
         stack.scale(2)
         yield stack

@@ -26,7 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import gpt2_small, start_server  # noqa: E402
 
-from service.formats.ggml.tiny import make_tiny_gpt2  # noqa: E402
+from tests.support.long_model import write_long_model  # noqa: E402
 
 KEY = "bench-key-0123456789abcdef"
 PROMPT = "Once upon a time"
@@ -103,7 +103,7 @@ def models(tmp: Path, which: list[str]) -> dict[str, Path]:
         if name == "gpt2-small-q4_0":
             gpt2_small(path, "q4_0")
         else:  # a fast model: the per-request share of the layers is largest here
-            make_tiny_gpt2(path, n_embd=384, n_layer=6, scale=0.3, no_eos=True)
+            write_long_model(path)
         print(f"{name}: wrote {path.stat().st_size / 1e6:.0f} MB in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         out[name] = path
     return out

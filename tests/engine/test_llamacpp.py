@@ -24,9 +24,9 @@ import numpy as np  # noqa: E402
 
 from service.engine.ctransformers_backend import Engine  # noqa: E402
 from service.engine.llamacpp_backend import LlamaContext, _Eval  # noqa: E402
-from service.formats.ggml.tiny import make_tiny_gpt2  # noqa: E402
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from service.runtime.loading import gguf_tokenizer_for  # noqa: E402
+from tests.support.long_model import write_long_model  # noqa: E402
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
 
@@ -35,7 +35,7 @@ GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
 def q4_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The long model's shape in q4_0, MiniVault's default quantisation, never picking end-of-text."""
     path = tmp_path_factory.mktemp("q4") / "model.bin"
-    make_tiny_gpt2(path, n_embd=384, n_layer=6, scale=0.3, no_eos=True, ftype="q4_0")
+    write_long_model(path, ftype="q4_0")
     return path
 
 
