@@ -64,8 +64,19 @@ class MiniVault:
     name = "minivault"
 
     def __init__(self, model: Path, tmp: Path, threads: int, workers: int = 1) -> None:
-        self.server = start_server(model, tmp / f"log-{threads}-{workers}.jsonl", workers=workers, threads=threads)
+        # the engine named: with llama-cpp-python installed, `auto` would run the GGUF copy beside the
+        # GGML file on llama.cpp (as every run after its install did until this was set)
+        self.server = start_server(model, tmp / f"log-{threads}-{workers}.jsonl", workers=workers, threads=threads,
+                                   engine="ctransformers")
         self.client = httpx.Client(base_url=self.server.url, timeout=600)
+        self.check_engine("ctransformers")
+
+    def check_engine(self, engine: str) -> None:
+        """Stop if the server runs another engine than this peer's name says."""
+        running = self.client.get("/health").json().get("engine")
+        if running != engine:
+            self.close()
+            raise RuntimeError(f"{self.name} runs on {running}, not {engine}")
 
     def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
         body = {"prompt": text, "max_new_tokens": tokens, "seed": 1, "cache_prompt": cache} | SAMPLING
@@ -92,6 +103,7 @@ class MiniVaultLlama(MiniVault):
         self.server = start_server(gguf, tmp / f"log-llama-{threads}-{parallel}.jsonl", engine="llamacpp",
                                    parallel=parallel, threads=threads)
         self.client = httpx.Client(base_url=self.server.url, timeout=600)
+        self.check_engine("llamacpp")
 
 
 class CTransformers:
