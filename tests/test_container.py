@@ -121,17 +121,25 @@ class Stack:
         return self.logs / "log.jsonl"
 
 
-@pytest.fixture(scope="module")
-def image(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The image built from the repo's Dockerfile (removed afterwards; its layer cache stays)."""
+def build_image(request: pytest.FixtureRequest, name: str, *build_args: str) -> str:
+    """Build the repo's Dockerfile under a fresh tag of `name` (skip without an engine); say its time and size."""
     problem = engine_problem()
     if problem:
         pytest.skip(f"container tests need a container engine: {problem}")
-    tag = f"minivault-test:{uuid.uuid4().hex[:10]}"
+    tag = f"{name}:{uuid.uuid4().hex[:10]}"
+    args = [x for arg in build_args for x in ("--build-arg", arg)]
     started = time.monotonic()
-    run(["docker", "build", "--tag", tag, str(ROOT)], timeout=BUILD_TIMEOUT_S)
+    run(["docker", "build", *args, "--tag", tag, str(ROOT)], timeout=BUILD_TIMEOUT_S)
     size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tag]).stdout.strip())
-    say(request, f"\ncontainer: built {tag} in {time.monotonic() - started:.1f} s; image size {size / 1e6:.0f} MB")
+    with_args = f" ({', '.join(build_args)})" if build_args else ""
+    say(request, f"\ncontainer: built {tag}{with_args} in {time.monotonic() - started:.1f} s; image size {size / 1e6:.0f} MB")
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The image built from the repo's Dockerfile (removed afterwards; its layer cache stays)."""
+    tag = build_image(request, "minivault-test")
     yield tag
     # --no-prune keeps the untagged parent layers: the next build reuses them
     run(["docker", "rmi", "--no-prune", tag], check=False)

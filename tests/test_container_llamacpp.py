@@ -19,15 +19,8 @@ import pytest
 
 from service.formats.ggml.tiny import make_tiny_gpt2
 from service.formats.ggml_to_gguf import ggml_to_gguf
-from tests.support.server import ROOT, LiveServer, free_port
-from tests.test_container import (
-    BUILD_TIMEOUT_S,
-    HEALTHY_TIMEOUT_S,
-    engine_problem,
-    run,
-    say,
-    wait_healthy,
-)
+from tests.support.server import LiveServer, free_port
+from tests.test_container import HEALTHY_TIMEOUT_S, build_image, run, wait_healthy
 
 pytestmark = pytest.mark.container
 
@@ -37,15 +30,7 @@ BODY = {"prompt": "hello", "max_new_tokens": 8, "temperature": 0, "seed": 1}
 @pytest.fixture(scope="module")
 def llama_image(request: pytest.FixtureRequest) -> Iterator[str]:
     """The image built with WITH_LLAMACPP=1 (removed afterwards; its layer cache stays)."""
-    problem = engine_problem()
-    if problem:
-        pytest.skip(f"container tests need a container engine: {problem}")
-    tag = f"minivault-llamacpp-test:{uuid.uuid4().hex[:10]}"
-    started = time.monotonic()
-    run(["docker", "build", "--build-arg", "WITH_LLAMACPP=1", "--tag", tag, str(ROOT)], timeout=BUILD_TIMEOUT_S)
-    size = int(run(["docker", "image", "inspect", "--format", "{{.Size}}", tag]).stdout.strip())
-    say(request, f"\ncontainer: built {tag} (with llama.cpp) in {time.monotonic() - started:.1f} s; "
-                 f"image size {size / 1e6:.0f} MB")
+    tag = build_image(request, "minivault-llamacpp-test", "WITH_LLAMACPP=1")
     yield tag
     run(["docker", "rmi", "--no-prune", tag], check=False)
 

@@ -11,7 +11,6 @@ import json
 import subprocess
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
@@ -21,7 +20,7 @@ import pytest
 from tests.support.long_model import write_long_model
 from tests.support.replicas import Replicas, build_lb, tokens_per_second
 from tests.support.server import read_log
-from tests.test_container import engine_problem, run
+from tests.test_container import build_image, run
 
 pytestmark = pytest.mark.container
 
@@ -29,15 +28,10 @@ STREAM_SECONDS = 6
 
 
 @pytest.fixture(scope="module")
-def images() -> Iterator[tuple[str, str]]:
+def images(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """MiniVault's image and the LB's, built from the repo (removed afterwards; layers stay cached)."""
-    problem = engine_problem()
-    if problem:
-        pytest.skip(f"container tests need a container engine: {problem}")
-    suffix = uuid.uuid4().hex[:10]
-    image, lb = f"minivault-test:{suffix}", f"minivault-lb-test:{suffix}"
-    from tests.test_container import ROOT
-    run(["docker", "build", "--tag", image, str(ROOT)], timeout=1800)
+    image = build_image(request, "minivault-test")
+    lb = f"minivault-lb-test:{image.split(':')[1]}"
     build_lb(lb)
     yield image, lb
     run(["docker", "rmi", "--no-prune", image, lb], check=False)
