@@ -60,23 +60,30 @@ def say(msg: str) -> None:
 
 
 # --- peers: each returns (ttft_s, decode_tok_s) for one request ---------------------------------
+def timed(t0: float, stamps: list[float], tokens: int) -> tuple[float, float]:
+    """(time to the first stamp, tokens after the first per second between the first and last
+    stamps); the rate is 0 when everything came at once (chunks may coalesce: the ends bound it)."""
+    span = stamps[-1] - stamps[0]
+    return stamps[0] - t0, (tokens - 1) / span if span > 0 else 0.0
+
+
 class MiniVault:
     name = "minivault"
 
-    def __init__(self, model: Path, tmp: Path, threads: int, workers: int = 1) -> None:
-        # the engine named: with llama-cpp-python installed, `auto` would run the GGUF copy beside the
-        # GGML file on llama.cpp (as every run after its install did until this was set)
-        self.server = start_server(model, tmp / f"log-{threads}-{workers}.jsonl", workers=workers, threads=threads,
-                                   engine="ctransformers")
-        self.client = httpx.Client(base_url=self.server.url, timeout=600)
-        self.check_engine("ctransformers")
+    engine = "ctransformers"
 
-    def check_engine(self, engine: str) -> None:
-        """Stop if the server runs another engine than this peer's name says."""
+    def __init__(self, model: Path, tmp: Path, threads: int, workers: int = 1) -> None:
+        self.start(model, tmp / f"log-{threads}-{workers}.jsonl", workers=workers, threads=threads)
+
+    def start(self, model: Path, log: Path, **settings: object) -> None:
+        """A live server on this peer's engine, named and checked: with llama-cpp-python installed,
+        `auto` would run the GGUF copy beside the GGML file on llama.cpp (as runs once did)."""
+        self.server = start_server(model, log, engine=self.engine, **settings)
+        self.client = httpx.Client(base_url=self.server.url, timeout=600)
         running = self.client.get("/health").json().get("engine")
-        if running != engine:
+        if running != self.engine:
             self.close()
-            raise RuntimeError(f"{self.name} runs on {running}, not {engine}")
+            raise RuntimeError(f"{self.name} runs on {running}, not {self.engine}")
 
     def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
         body = {"prompt": text, "max_new_tokens": tokens, "seed": 1, "cache_prompt": cache} | SAMPLING
@@ -86,8 +93,7 @@ class MiniVault:
             r.raise_for_status()
             for _ in r.iter_raw():
                 stamps.append(time.perf_counter())
-        span = stamps[-1] - stamps[0]  # chunks may coalesce: the ends bound it (0 if all came in one)
-        return stamps[0] - t0, (tokens - 1) / span if span > 0 else 0.0
+        return timed(t0, stamps, tokens)
 
     def close(self) -> None:
         self.client.close()
@@ -96,14 +102,12 @@ class MiniVault:
 
 class MiniVaultLlama(MiniVault):
     name = "minivault-llamacpp"
+    engine = "llamacpp"
 
     def __init__(self, gguf: Path, tmp: Path, threads: int, parallel: int = 1) -> None:
         import llama_cpp  # noqa: F401  (skipped with its reason when it is not installed)
 
-        self.server = start_server(gguf, tmp / f"log-llama-{threads}-{parallel}.jsonl", engine="llamacpp",
-                                   parallel=parallel, threads=threads)
-        self.client = httpx.Client(base_url=self.server.url, timeout=600)
-        self.check_engine("llamacpp")
+        self.start(gguf, tmp / f"log-llama-{threads}-{parallel}.jsonl", parallel=parallel, threads=threads)
 
 
 class CTransformers:
@@ -124,7 +128,7 @@ class CTransformers:
             stamps.append(time.perf_counter())
             if len(stamps) == tokens:
                 break
-        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])
+        return timed(t0, stamps, tokens)
 
     def close(self) -> None:
         self.llm.ctransformers_llm_delete()
@@ -187,8 +191,7 @@ class LlamaServer:
             for line in r.iter_lines():
                 if line.startswith("data: ") and '"content"' in line and '"stop":true' not in line:
                     stamps.append(time.perf_counter())
-        span = stamps[-1] - stamps[0]  # 0 when two tokens came in one event (a TTFT run)
-        return stamps[0] - t0, (len(stamps) - 1) / span if span > 0 else 0.0
+        return timed(t0, stamps, len(stamps))
 
     def close(self) -> None:
         self.client.close()
@@ -216,7 +219,7 @@ class LlamaCppPython:
             stamps.append(time.perf_counter())
             if len(stamps) == tokens:
                 break
-        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])
+        return timed(t0, stamps, tokens)
 
     def close(self) -> None:
         self.llm.close()
@@ -260,7 +263,7 @@ class Transformers:
                 stamps.append(time.perf_counter())
                 out = self.model(nxt.view(1, 1), past_key_values=past, use_cache=True)
                 past = out.past_key_values
-        return stamps[0] - t0, (tokens - 1) / (stamps[-1] - stamps[0])
+        return timed(t0, stamps, tokens)
 
     def close(self) -> None:
         pass
