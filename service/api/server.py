@@ -39,10 +39,6 @@ def serve(settings: Settings) -> None:
             timeout_keep_alive=KEEP_ALIVE_S,  # an idle keep-alive connection is closed after this
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,  # request line + headers larger than this: 400
             backlog=2048,
-            # uvloop where it is installed (a dependency on Linux and macOS): measured 1.03-1.05x the
-            # llama.cpp engine's stream throughput, the event loop's share of two cores being smaller
-            loop="auto",
-            http="h11",  # the limits above are h11's
         )
         _draining_server(uvicorn.Server)(config, app.state.runtime, settings.shutdown_delay_s).run()
     finally:
