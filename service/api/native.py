@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, AsyncIterator
 
-import anyio
 from litestar import Request, post
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
@@ -52,7 +51,7 @@ async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> J
     """Validate and admit before any response starts: every refusal is a plain error response."""
     async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
         scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
-        prompt_ids = await anyio.to_thread.run_sync(scheduler.tokenize, data.prompt)
+        prompt_ids = await runtime.prepare(scheduler.tokenize, data.prompt)
         params = SamplingParams(
             max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
             top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
@@ -159,16 +158,18 @@ async def generate_stream(request: Request, data: Annotated[GenerateRequest, _JS
 @post("/tokenize", status_code=200, summary="Token ids of a text, as the engine counts them", **NATIVE_DOCS)
 async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> TokenizeResponse:
     """Tokenize with the same tokenizer the engine uses."""
-    async with runtime_of(state).serving(data.model) as scheduler:
-        tokens = await anyio.to_thread.run_sync(scheduler.tokenize, data.text)
+    runtime = runtime_of(state)
+    async with runtime.serving(data.model) as scheduler:
+        tokens = await runtime.prepare(scheduler.tokenize, data.text)
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
 
 @post("/detokenize", status_code=200, summary="Text of a list of token ids", **NATIVE_DOCS)
 async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) -> DetokenizeResponse:
     """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
-    async with runtime_of(state).serving(data.model) as scheduler:
-        text = await anyio.to_thread.run_sync(scheduler.detokenize, data.tokens)
+    runtime = runtime_of(state)
+    async with runtime.serving(data.model) as scheduler:
+        text = await runtime.prepare(scheduler.detokenize, data.tokens)
     return DetokenizeResponse(text=text)
 
 

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Annotated, Any, AsyncIterator, Callable
 
-import anyio
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
@@ -97,7 +96,7 @@ async def _admit_to(scheduler: Scheduler, runtime: Runtime, request: Request, da
                     prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
                     exclude: tuple[str, ...], inputs: dict[str, Any] | None) -> tuple[str, JobGroup]:
     scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
-    planned = await anyio.to_thread.run_sync(prompts, scheduler)
+    planned = await runtime.prepare(prompts, scheduler)
     bias = logit_bias(data, scheduler.engine.vocab_size)
     ctx = scheduler.engine.context_length
     items = [(text, ids, job_params(data, plan, bias, ctx, len(ids), k))

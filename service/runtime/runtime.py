@@ -12,8 +12,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from service import __version__
 from service.config import Settings
@@ -26,6 +27,12 @@ from service.runtime.models import Models
 from service.runtime.scheduler import Job, JobGroup
 
 log = logging.getLogger("minivault")
+T = TypeVar("T")
+
+# Threads that tokenize requests off the event loop. Tokenizing is pure Python and holds the GIL, so more
+# threads would not run it faster; a fixed pool keeps the server's thread count flat under any load
+# (anyio's pool grows with concurrent requests and keeps idle threads until a later call retires them).
+PREP_THREADS = 2
 
 
 class Runtime:
@@ -47,6 +54,7 @@ class Runtime:
         self.logbook = LogBook(settings.log_file, fsync=settings.log_fsync, buffer=settings.log_buffer,
                                mirror=self.logdb, on_failure=self.metrics.log_failures.inc if self.metrics else None)
         self._tasks: list[asyncio.Task] = []
+        self._prep = ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="minivault-prep")
 
     def start_loading(self) -> None:
         """Load the preloaded models in the background; start the keep-alive reaper; handle SIGHUP."""
@@ -88,6 +96,10 @@ class Runtime:
             raise ShuttingDown("the server is shutting down and takes no new requests", retry_after=5)
         return self.models.serving(model, field)
 
+    async def prepare(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run request preparation (tokenizing) on the server's own few threads, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._prep, fn, *args)
+
     def begin_drain(self) -> None:
         """Readiness turns false and new requests are refused (503), before the listener closes."""
         self.status = "draining"
@@ -109,6 +121,7 @@ class Runtime:
         except (ValueError, RuntimeError, NotImplementedError, AttributeError):
             pass
         await asyncio.to_thread(self.logbook.close)
+        self._prep.shutdown(wait=False)
         shutil.rmtree(self._libdir, ignore_errors=True)
 
     def record(self, job: Job) -> None:
