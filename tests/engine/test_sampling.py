@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.engine.sampling import Sampler, SamplingParams
+from service.engine.sampling import STRIDE, Sampler, SamplingParams, _reaching
 
 LOGITS = np.array([1.0, 3.0, 2.0, -1.0, 2.9], dtype=np.float32)
 
@@ -257,3 +257,34 @@ def draws_on(logits: np.ndarray, n: int, history: list[int] | None = None, **par
     """n draws from one sampler on the same logits and history."""
     sampler = Sampler(SamplingParams(repetition_penalty=1.0, **params))
     return [sampler(logits, history or []) for _ in range(n)]
+
+
+def _skewed(n: int) -> dict[str, np.ndarray]:
+    """Logits laid out against the sample _reaching takes its floor from (every STRIDE-th one)."""
+    rng = np.random.default_rng(n)
+    normal = (rng.standard_normal(n) * 3).astype(np.float32)
+    off_sample = normal.copy()
+    off_sample[np.arange(n) % STRIDE != 0] += 20  # the best all lie between the sampled positions
+    on_sample = normal.copy()
+    on_sample[::STRIDE] += 20  # the best are exactly the sampled positions
+    few_finite = np.full(n, -np.inf, dtype=np.float32)
+    few_finite[[1, 2, 3, 5, 8]] = [1.0, 2.0, 3.0, 5.0, 8.0]  # fewer finite logits than k
+    sampled_minus_inf = normal.copy()
+    sampled_minus_inf[::STRIDE] = -np.inf
+    ties = np.zeros(n, dtype=np.float32)
+    ties[rng.choice(n, size=n // 3, replace=False)] = 1.0
+    return {"normal": normal, "off_sample": off_sample, "on_sample": on_sample, "few_finite": few_finite,
+            "sampled_minus_inf": sampled_minus_inf, "ties": ties, "flat": np.zeros(n, dtype=np.float32)}
+
+
+@pytest.mark.parametrize("n", [50_257, 3000, 700, 41 * STRIDE])
+@pytest.mark.parametrize("kk", [1, 2, 41, 104, 400])
+def test_the_candidates_are_exactly_the_logits_reaching_the_kth_largest(n, kk):
+    for name, raw in _skewed(n).items():
+        if kk >= n:
+            continue
+        cut = np.partition(raw, n - kk)[n - kk]  # the whole-vocabulary way it replaced
+        expected = np.flatnonzero(raw >= cut) if np.isfinite(cut) else None
+        got = _reaching(raw, kk, raw.max())
+        assert (got is None) == (expected is None), name
+        assert got is None or np.array_equal(got, expected), name
