@@ -113,6 +113,16 @@ class LiveServer:
         """SIGTERM, wait for the drain; 0 if it shut down cleanly and exited with status 0."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+        return self._reap(timeout)
+
+    def wait_stopped(self, timeout: float = 30) -> int:
+        """Wait for an exit already under way (after a signal sent by the test), sending nothing:
+        a second SIGTERM can land after the server has put back the default handler on its way
+        out, and would kill it (status -15) instead of testing its shutdown."""
+        return self._reap(timeout)
+
+    def _reap(self, timeout: float) -> int:
+        """Wait for the process; 0 if it shut down cleanly and exited with status 0."""
         try:
             out, err = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -121,7 +131,3 @@ class LiveServer:
         self.output += out + err
         clean = "Application shutdown complete" in self.output and "Finished server process" in self.output
         return 0 if clean and self.proc.returncode == 0 else self.proc.returncode or -1
-
-    def wait_stopped(self, timeout: float = 30) -> int:
-        """Wait for an exit already under way (after a signal sent by the test)."""
-        return self.stop(timeout)
