@@ -244,12 +244,11 @@ class Transformers:
         state = {}
         for name, info in g.tensors.items():  # the same (dequantised) weights; Conv1D stores (in, out)
             w = torch.from_numpy(np.ascontiguousarray(read_tensor(model, info)))
-            hf = name.replace("model/", "transformer.").replace("/", ".").replace("transformer.h", "transformer.h.")
-            hf = hf.replace(".g", ".weight").replace(".b", ".bias").replace(".w", ".weight")
-            hf = {"transformer.wte": "transformer.wte.weight", "transformer.wpe": "transformer.wpe.weight",
-                  "transformer.lm_head": "lm_head.weight"}.get(hf, hf)
+            hf = _hf_name(name)
             state[hf] = w.T.contiguous() if hf.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) else w
-        self.model.load_state_dict(state, strict=False)
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:  # lm_head is tied to wte unless the file has its own
+            raise RuntimeError(f"GGML -> transformers names: missing {missing}, unexpected {unexpected}")
 
     def run(self, text: str, ids: list[int], tokens: int, cache: bool = False) -> tuple[float, float]:
         torch = self.torch
@@ -267,6 +266,18 @@ class Transformers:
 
     def close(self) -> None:
         pass
+
+
+def _hf_name(ggml: str) -> str:
+    """transformers' name for a GGML GPT-2 tensor (model/h3/attn/c_attn/w -> transformer.h.3.attn.c_attn.weight)."""
+    parts = ggml.split("/")[1:]
+    if parts in (["wte"], ["wpe"]):
+        return f"transformer.{parts[0]}.weight"
+    if parts == ["lm_head"]:
+        return "lm_head.weight"
+    leaf = {"g": "weight", "b": "bias", "w": "weight"}[parts[-1]]
+    head = ["h", parts[0][1:]] if parts[0][0] == "h" and parts[0][1:].isdigit() else [parts[0]]
+    return ".".join(["transformer", *head, *parts[1:-1], leaf])
 
 
 def minivault_llama(gguf: Path, tmp: Path, threads: int, parallel: int = 1) -> list:
