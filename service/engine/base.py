@@ -8,7 +8,7 @@ so they are the same whichever library runs the model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -46,5 +46,7 @@ class Backend(Protocol):
     def begin(self) -> None: ...  # a generation starts on this instance (a batching engine waits for it)
     def end(self, finish_reason: str | None) -> None: ...  # and ends: why (cancelled ones free their state)
     def eval(self, tokens: Sequence[int], n_past: int) -> None: ...
+    # eval, started: returns what waits for it (a batching engine decodes on its own thread meanwhile)
+    def eval_begin(self, tokens: Sequence[int], n_past: int) -> Callable[[], None]: ...
     def logits(self) -> np.ndarray: ...
     def close(self) -> None: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from service.engine.base import Backend
 from service.engine.prefix import LastPrompt, held, last_prompt, reusable
@@ -47,6 +47,7 @@ class Generation:
             self.cached_tokens = len(prompt_ids)
             self._held = list(held(engine))  # unchanged: the KV state is kept whole
         self._text = TextStream(tuple(params.stop))
+        self._waiting: Callable[[], None] | None = None  # an eval started and not yet waited for
 
     @property
     def text(self) -> str:
@@ -77,8 +78,18 @@ class Generation:
         try:
             yield from self._run()
         finally:
-            self.engine.sequence = self._held  # what the next request may reuse (see engine/prefix.py)
-            self.engine.end(self.finish_reason)
+            try:
+                if not isinstance(self._waiting, _Later):  # a step already started ends first
+                    self._finish_eval()
+            finally:
+                self.engine.sequence = self._held  # what the next request may reuse (see engine/prefix.py)
+                self.engine.end(self.finish_reason)
+
+    def _finish_eval(self) -> None:
+        """Wait for the eval started by eval_begin, if one is under way (raises if it failed)."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting()
 
     def _run(self) -> Iterator[str]:
         eng = self.engine
@@ -126,14 +137,22 @@ class Generation:
             if self.first_token_at is None:
                 self.first_token_at = self.last_token_at
             piece = self._text.feed(eng.tokenizer.token_bytes(token))
-            if piece:
-                yield piece
             if self._text.stopped:
                 self.finish_reason = "stop"
+                if piece:
+                    yield piece
                 return
             if len(self.tokens) < self.params.max_new_tokens:
-                eng.eval([token], n_past)
+                # on an engine with its own decoding thread the next step starts before the piece
+                # goes out: the reader's work (the event loop writing the chunk) then runs while the
+                # model decodes, instead of holding the GIL the step needs to start
+                self._waiting = eng.eval_begin([token], n_past)
                 n_past += 1
+                if piece:
+                    yield piece
+                self._finish_eval()
+            elif piece:
+                yield piece
         else:
             self.finish_reason = "length"
         tail = self._text.finish()
@@ -164,10 +183,27 @@ def start_generation(backend: Backend, prompt_ids: list[int], params: SamplingPa
     return Generation(backend, prompt_ids, params, cancel, deadline, cache_prompt)
 
 
+class _Later:
+    """An eval not started yet, run when waited for (skipped if the generation ends before)."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        self.run = run
+
+    def __call__(self) -> None:
+        self.run()
+
+
 class Generates:
     """check_fits and generate for a Backend (ctransformers' instances, llama.cpp's slots)."""
 
     context_length: int
+
+    def eval_begin(self, tokens: Sequence[int], n_past: int) -> Callable[[], None]:
+        """eval, run when waited for: this engine evaluates on the calling thread, so the piece
+        before it goes out first (an engine that decodes on its own thread starts it now)."""
+        return _Later(lambda: self.eval(tokens, n_past))  # type: ignore[attr-defined] - every Backend has eval
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise ContextOverflow unless prompt + new tokens fit the context."""

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -121,8 +121,9 @@ class LlamaContext:
         self._thread.start()
 
     # --- what slots ask ----------------------------------------------------------------------
-    def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> None:
-        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; wait for it."""
+    def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> Callable[[], None]:
+        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; return the
+        wait for it (which raises GenerationFailed if the step could not decode them)."""
         if not 0 < len(tokens) <= self.prompt_chunk:
             raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self.prompt_chunk} fit a step")
         job = _Eval(slot, list(tokens), n_past)
@@ -131,9 +132,13 @@ class LlamaContext:
                 raise GenerationFailed("the model is being unloaded")
             self._pending.append(job)
             self._cv.notify_all()
-        job.done.wait()
-        if not job.ok:
-            raise GenerationFailed("llama.cpp failed to decode the batch")
+
+        def wait() -> None:
+            job.done.wait()
+            if not job.ok:
+                raise GenerationFailed("llama.cpp failed to decode the batch")
+
+        return wait
 
     def activate(self, slot: "LlamaSlot", on: bool) -> None:
         """A generation starts (True) or ends (False) on `slot`."""
@@ -272,7 +277,11 @@ class LlamaSlot(Generates):
         self._sequence = list(tokens)[: self.kv_len]  # never more than the cells really hold
 
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
-        self.context.submit(self, tokens, n_past)
+        self.context.submit(self, tokens, n_past)()
+
+    def eval_begin(self, tokens: Sequence[int], n_past: int) -> Callable[[], None]:
+        """Hand the tokens to the next step and return at once; call the result to wait for it."""
+        return self.context.submit(self, tokens, n_past)
 
     def logits(self) -> np.ndarray:
         """The next-token logits after this slot's last eval (its own copy)."""
