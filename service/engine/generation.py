@@ -137,22 +137,18 @@ class Generation:
             if self.first_token_at is None:
                 self.first_token_at = self.last_token_at
             piece = self._text.feed(eng.tokenizer.token_bytes(token))
-            if self._text.stopped:
-                self.finish_reason = "stop"
-                if piece:
-                    yield piece
-                return
-            if len(self.tokens) < self.params.max_new_tokens:
+            if not self._text.stopped and len(self.tokens) < self.params.max_new_tokens:
                 # on an engine with its own decoding thread the next step starts before the piece
                 # goes out: the reader's work (the event loop writing the chunk) then runs while the
                 # model decodes, instead of holding the GIL the step needs to start
                 self._waiting = eng.eval_begin([token], n_past)
                 n_past += 1
-                if piece:
-                    yield piece
-                self._finish_eval()
-            elif piece:
+            if piece:
                 yield piece
+            if self._text.stopped:
+                self.finish_reason = "stop"
+                return
+            self._finish_eval()
         else:
             self.finish_reason = "length"
         tail = self._text.finish()
