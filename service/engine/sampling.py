@@ -93,7 +93,10 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """Choose the next token id from the model's logits, given the tokens so far."""
-        token = self._choose(logits, history)
+        # one errstate for the whole call: a huge penalty or a tiny temperature over- or
+        # underflows on purpose, and each errstate costs as much as a small numpy call
+        with np.errstate(over="ignore", under="ignore"):
+            token = self._choose(logits, history)
         if self.params.logprobs is not None:
             self.logprobs.append(token_logprob(logits, token, self.params.logprobs))
         return token
@@ -122,7 +125,10 @@ class Sampler:
             return ids, np.empty(0, dtype=np.float64)
         vals = _finite(np.asarray(logits)[ids])
         # The same float64 operations, in the same order, as on the whole vocabulary: the same values
-        if seen:
+        if seen and len(seen) == ids.size:  # only the repetition penalty: every id is a seen one
+            with np.errstate(over="ignore", under="ignore"):
+                vals = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+        elif seen:
             at = np.searchsorted(ids, np.array(sorted(seen), dtype=np.int64))
             with np.errstate(over="ignore", under="ignore"):
                 vals[at] = np.where(vals[at] > 0, vals[at] / p.repetition_penalty, vals[at] * p.repetition_penalty)
@@ -165,14 +171,22 @@ class Sampler:
         k = p.top_k if 0 < p.top_k < len(logits) else len(logits)
         ids, vals = self._top(logits, history, k)
         vals -= vals[0]  # the best is 0, the rest <= 0 and finite
-        with np.errstate(over="ignore", under="ignore"):
-            vals /= p.temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
-            probs = np.exp(vals)  # probs[0] == 1: the sum is >= 1
+        vals /= p.temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
+        probs = np.exp(vals)  # probs[0] == 1: the sum is >= 1
         probs /= probs.sum()
         if p.top_p < 1.0:
             keep = min(int(np.searchsorted(np.cumsum(probs), p.top_p) + 1), ids.size)
             ids, probs = ids[:keep], probs[:keep] / probs[:keep].sum()
-        return int(ids[self._rng.choice(ids.size, p=probs)])
+        return int(ids[_draw(self._rng, probs)])
+
+
+def _draw(rng: np.random.Generator, probs: np.ndarray) -> int:
+    """rng.choice(probs.size, p=probs) without its checks of p (built here, always valid): the
+    same cumulative sums, the same one uniform and the same search, so the same draw for a seed
+    (tested), at a fraction of its cost right after a model step, when numpy's code is cold."""
+    cdf = probs.cumsum()
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))
 
 
 def _reaching(raw: np.ndarray, kk: int, best: float) -> np.ndarray | None:
@@ -200,5 +214,5 @@ def _reaching(raw: np.ndarray, kk: int, best: float) -> np.ndarray | None:
 def _finite(logits: np.ndarray) -> np.ndarray:
     """A float64 copy with NaN as -_BIG and everything (infinities too) clipped to +-_BIG."""
     x = np.array(logits, dtype=np.float64)
-    x[np.isnan(x)] = -_BIG
-    return np.clip(x, -_BIG, _BIG, out=x)
+    np.fmax(x, -_BIG, out=x)  # fmax takes the number over a NaN: NaN becomes -_BIG
+    return np.fmin(x, _BIG, out=x)
