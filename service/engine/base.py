@@ -8,7 +8,7 @@ so they are the same whichever library runs the model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -22,6 +22,14 @@ class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
     def token_bytes(self, token_id: int) -> bytes: ...
+
+
+class TokenRun(Protocol):
+    """The tokens of one generation as they are sampled; close() stops it (waiting for a step under way)."""
+
+    def __iter__(self) -> Iterator[int]: ...
+    def __next__(self) -> int: ...
+    def close(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -46,7 +54,10 @@ class Backend(Protocol):
     def begin(self) -> None: ...  # a generation starts on this instance (a batching engine waits for it)
     def end(self, finish_reason: str | None) -> None: ...  # and ends: why (cancelled ones free their state)
     def eval(self, tokens: Sequence[int], n_past: int) -> None: ...
-    # eval, started: returns what waits for it (a batching engine decodes on its own thread meanwhile)
-    def eval_begin(self, tokens: Sequence[int], n_past: int) -> Callable[[], None]: ...
+    # The generated tokens: the first picked from `logits`, each next one from the logits after
+    # evaluating the one before at n_past, n_past + 1, ...; at most `limit`, none after end-of-text.
+    # Where pick runs is the engine's: the calling thread, or a batching engine's step thread.
+    def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
+               limit: int) -> TokenRun: ...
     def logits(self) -> np.ndarray: ...
     def close(self) -> None: ...

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
-from service.engine.base import Backend
+import numpy as np
+
+from service.engine.base import Backend, TokenRun
 from service.engine.prefix import LastPrompt, held, last_prompt, reusable
 from service.engine.sampling import Sampler, SamplingParams, TokenLogprob
 from service.engine.scoring import score_prompt
@@ -47,7 +49,7 @@ class Generation:
             self.cached_tokens = len(prompt_ids)
             self._held = list(held(engine))  # unchanged: the KV state is kept whole
         self._text = TextStream(tuple(params.stop))
-        self._waiting: Callable[[], None] | None = None  # an eval started and not yet waited for
+        self._tokens: TokenRun | None = None  # the engine's sampled tokens, once decoding starts
 
     @property
     def text(self) -> str:
@@ -79,17 +81,11 @@ class Generation:
             yield from self._run()
         finally:
             try:
-                if not isinstance(self._waiting, _Later):  # a step already started ends first
-                    self._finish_eval()
+                if self._tokens is not None:  # a step under way ends before the state is handed on
+                    self._tokens.close()
             finally:
                 self.engine.sequence = self._held  # what the next request may reuse (see engine/prefix.py)
                 self.engine.end(self.finish_reason)
-
-    def _finish_eval(self) -> None:
-        """Wait for the eval started by eval_begin, if one is under way (raises if it failed)."""
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            waiting()
 
     def _run(self) -> Iterator[str]:
         eng = self.engine
@@ -123,34 +119,33 @@ class Generation:
             eng.last_prompt = None if scored else LastPrompt(self.prompt_ids, logits.copy())
         self.prompt_done_at = time.monotonic()
         history = list(self.prompt_ids)
-        for _ in range(self.params.max_new_tokens):
+
+        def pick(step_logits: np.ndarray) -> int:
+            token = self.sampler(step_logits, history)
+            history.append(token)
+            return token
+
+        # the engine may sample ahead on its own thread: a token that arrives after the generation
+        # has stopped (cancelled, a stop string) is dropped and never becomes part of its text
+        self._tokens = eng.decode(logits, pick, n_past, self.params.max_new_tokens)
+        for token in self._tokens:
             if reason := self._interrupted():
                 self.finish_reason = reason
-                break
-            token = self.sampler(logits if not self.tokens else eng.logits(), history)
+                return
             if token == eng.eos_id:
                 self.finish_reason = "stop"
-                break
+                return
             self.tokens.append(token)
-            history.append(token)
             self.last_token_at = time.monotonic()
             if self.first_token_at is None:
                 self.first_token_at = self.last_token_at
             piece = self._text.feed(eng.tokenizer.token_bytes(token))
-            if not self._text.stopped and len(self.tokens) < self.params.max_new_tokens:
-                # on an engine with its own decoding thread the next step starts before the piece
-                # goes out: the reader's work (the event loop writing the chunk) then runs while the
-                # model decodes, instead of holding the GIL the step needs to start
-                self._waiting = eng.eval_begin([token], n_past)
-                n_past += 1
             if piece:
                 yield piece
             if self._text.stopped:
                 self.finish_reason = "stop"
                 return
-            self._finish_eval()
-        else:
-            self.finish_reason = "length"
+        self.finish_reason = "length"
         tail = self._text.finish()
         if tail:
             yield tail
@@ -179,27 +174,23 @@ def start_generation(backend: Backend, prompt_ids: list[int], params: SamplingPa
     return Generation(backend, prompt_ids, params, cancel, deadline, cache_prompt)
 
 
-class _Later:
-    """An eval not started yet, run when waited for (skipped if the generation ends before)."""
-
-    __slots__ = ("run",)
-
-    def __init__(self, run: Callable[[], None]) -> None:
-        self.run = run
-
-    def __call__(self) -> None:
-        self.run()
-
-
 class Generates:
     """check_fits and generate for a Backend (ctransformers' instances, llama.cpp's slots)."""
 
     context_length: int
 
-    def eval_begin(self, tokens: Sequence[int], n_past: int) -> Callable[[], None]:
-        """eval, run when waited for: this engine evaluates on the calling thread, so the piece
-        before it goes out first (an engine that decodes on its own thread starts it now)."""
-        return _Later(lambda: self.eval(tokens, n_past))  # type: ignore[attr-defined] - every Backend has eval
+    def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
+               limit: int) -> Iterator[int]:
+        """Tokens picked and evaluated on the calling thread, each handed out before it is
+        evaluated (so its piece goes out first); closing the generator stops it between steps."""
+        for i in range(limit):
+            token = pick(logits)
+            yield token
+            if token == self.eos_id or i + 1 == limit:  # type: ignore[attr-defined] - every Backend has them
+                return
+            self.eval([token], n_past)  # type: ignore[attr-defined]
+            n_past += 1
+            logits = self.logits()  # type: ignore[attr-defined]
 
     def check_fits(self, prompt_tokens: int, max_new_tokens: int) -> None:
         """Raise ContextOverflow unless prompt + new tokens fit the context."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import queue
 import sys
 import threading
 import time
@@ -60,13 +61,15 @@ _log_errors = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_voi
 class _Eval:
     """One slot's tokens for the next step, and whether the step decoded them."""
 
-    __slots__ = ("slot", "tokens", "n_past", "index", "done", "ok")
+    __slots__ = ("slot", "tokens", "n_past", "index", "done", "ok", "then")
 
-    def __init__(self, slot: "LlamaSlot", tokens: list[int], n_past: int) -> None:
+    def __init__(self, slot: "LlamaSlot", tokens: list[int], n_past: int,
+                 then: "Callable[[bool], None] | None" = None) -> None:
         self.slot, self.tokens, self.n_past = slot, tokens, n_past
         self.index = -1  # its last token's place in the batch: where its logits are
         self.done = threading.Event()
         self.ok = False
+        self.then = then  # called on the step thread once decoded (instead of waking a waiter)
 
 
 class LlamaContext:
@@ -140,6 +143,26 @@ class LlamaContext:
 
         return wait
 
+    def follow(self, run: "_Run", token: int, n_past: int) -> bool:
+        """Queue `token` of `run`'s sequence at n_past for the next step, unless the run was
+        stopped (False); its logits go to run.stepped on the step thread."""
+        job = _Eval(run.slot, [token], n_past, run.stepped)
+        with self._cv:
+            if run.stopped:
+                return False
+            if self._closing:
+                raise GenerationFailed("the model is being unloaded")
+            run.idle.clear()
+            self._pending.append(job)
+            self._cv.notify_all()
+        return True
+
+    def stop(self, run: "_Run") -> None:
+        """No more steps for `run`; wait for one under way."""
+        with self._cv:
+            run.stopped = True
+        run.idle.wait()
+
     def activate(self, slot: "LlamaSlot", on: bool) -> None:
         """A generation starts (True) or ends (False) on `slot`."""
         with self._cv:
@@ -185,7 +208,10 @@ class LlamaContext:
                 self._decode(group)
         finally:
             for e in evals:
-                e.done.set()
+                if e.then is not None:
+                    e.then(e.ok)
+                else:
+                    e.done.set()
 
     def _decode(self, evals: list[_Eval]) -> None:
         """One llama_decode over the evals' tokens; each slot gets the logits of its last token."""
@@ -279,9 +305,10 @@ class LlamaSlot(Generates):
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
         self.context.submit(self, tokens, n_past)()
 
-    def eval_begin(self, tokens: Sequence[int], n_past: int) -> Callable[[], None]:
-        """Hand the tokens to the next step and return at once; call the result to wait for it."""
-        return self.context.submit(self, tokens, n_past)
+    def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
+               limit: int) -> "_Run":
+        """Tokens sampled on the step thread as each step ends (see _Run)."""
+        return _Run(self, logits, pick, n_past, limit)
 
     def logits(self) -> np.ndarray:
         """The next-token logits after this slot's last eval (its own copy)."""
@@ -298,3 +325,69 @@ class LlamaSlot(Generates):
 
     def close(self) -> None:
         """Slots are freed with their context (LlamaContext.close)."""
+
+
+class _Run:
+    """One generation's tokens, sampled on the step thread: as a step ends, its logits are picked
+    from and the token queued for the next step at once, as llama-server samples in its own loop,
+    instead of waking the request's thread and waiting for it to hand the token back. The
+    request's thread only turns tokens into text; it reads them from a queue.
+    """
+
+    def __init__(self, slot: LlamaSlot, logits: np.ndarray, pick: Callable[[np.ndarray], int],
+                 n_past: int, limit: int) -> None:
+        self.slot, self.pick, self.n_past, self.left = slot, pick, n_past, limit
+        self._first: np.ndarray | None = logits
+        self._out: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
+        self.stopped = False  # set under the context's lock: no step is queued after it
+        self.idle = threading.Event()  # no step of this run queued or under way
+        self.idle.set()
+
+    def __iter__(self) -> "_Run":
+        return self
+
+    def __next__(self) -> int:
+        if self._first is not None:  # the prompt's logits: the first token is picked here
+            logits, self._first = self._first, None
+            if self.left <= 0:
+                raise StopIteration
+            token, again = self._take(logits)
+            if not again:
+                self._out.put(None)
+            return token
+        item = self._out.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _take(self, logits: np.ndarray) -> tuple[int, bool]:
+        """Pick a token and queue its step unless it is the last: (the token, whether it was queued)."""
+        token = self.pick(logits)
+        self.left -= 1
+        again = token != self.slot.eos_id and self.left > 0 and self.slot.context.follow(self, token, self.n_past)
+        self.n_past += 1
+        return token, again
+
+    def stepped(self, ok: bool) -> None:
+        """Step thread: the last token was decoded (ok) or not; pick the next one and go on."""
+        again = False
+        try:
+            if self.stopped:
+                return
+            if not ok:
+                raise GenerationFailed("llama.cpp failed to decode the batch")
+            token, again = self._take(self.slot._logits)
+            self._out.put(token)
+            if not again:
+                self._out.put(None)
+        except BaseException as exc:  # the request's thread raises it
+            self._out.put(exc)
+        finally:
+            if not again:
+                self.idle.set()
+
+    def close(self) -> None:
+        """Stop queuing steps and wait for one under way (a generation ends before its state is used)."""
+        self.slot.context.stop(self)
