@@ -4,7 +4,9 @@ One LlamaContext holds one model and one llama.cpp context with up to `parallel`
 in its own KV stream. Each sequence is a LlamaSlot, a Backend as generation.py sees it (eval at
 positions, then logits), so tokenizer, sampler, stop strings and limits stay MiniVault's. A slot's
 eval joins the next step: one thread gathers what every running slot hands in (a token each, or a
-prompt chunk of at most `prompt_batch` tokens) and decodes it all in one llama_decode call.
+prompt chunk of at most `prompt_batch` tokens) and decodes it all in one llama_decode call. While
+a slot generates, that thread also picks its next token as each step ends (with the sampler
+generation.py hands in: MiniVault's, not llama.cpp's) and queues it for the next step (engine/step_run.py).
 
 Only that thread calls llama_decode. Each thread that calls it gets its own OpenMP team, and once
 several teams exist every step is slower: tried (a lone sequence decoding on its own thread, to
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import queue
 import sys
 import threading
 import time
@@ -27,10 +28,12 @@ import numpy as np
 
 from service.engine.base import Tokenizer
 from service.engine.generation import Generates
+from service.engine.step_run import StepRun
 from service.errors import GenerationFailed
 
-# How long a step waits for the running sequences that have not handed in their next token yet
-# (they are sampling their last one, well under a millisecond): enough to decode them together.
+# How long a step waits for the running sequences that have not handed in their next tokens yet
+# (a generation between its prompt and its first token, or about to end): enough to decode them
+# together; generating slots are queued by the step thread itself and never waited for.
 GATHER_S = 0.003
 # Prompt tokens per decode call. Larger chunks evaluate faster per token, but a running stream
 # waits for the chunk its step carries (README, llama.cpp engine: measured).
@@ -143,7 +146,7 @@ class LlamaContext:
 
         return wait
 
-    def follow(self, run: "_Run", token: int, n_past: int) -> bool:
+    def follow(self, run: "StepRun", token: int, n_past: int) -> bool:
         """Queue `token` of `run`'s sequence at n_past for the next step, unless the run was
         stopped (False); its logits go to run.stepped on the step thread."""
         job = _Eval(run.slot, [token], n_past, run.stepped)
@@ -157,7 +160,7 @@ class LlamaContext:
             self._cv.notify_all()
         return True
 
-    def stop(self, run: "_Run") -> None:
+    def stop(self, run: "StepRun") -> None:
         """No more steps for `run`; wait for one under way."""
         with self._cv:
             run.stopped = True
@@ -306,9 +309,9 @@ class LlamaSlot(Generates):
         self.context.submit(self, tokens, n_past)()
 
     def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
-               limit: int) -> "_Run":
-        """Tokens sampled on the step thread as each step ends (see _Run)."""
-        return _Run(self, logits, pick, n_past, limit)
+               limit: int) -> "StepRun":
+        """Tokens sampled on the step thread as each step ends (engine/step_run.py)."""
+        return StepRun(self, logits, pick, n_past, limit)
 
     def logits(self) -> np.ndarray:
         """The next-token logits after this slot's last eval (its own copy)."""
@@ -326,68 +329,3 @@ class LlamaSlot(Generates):
     def close(self) -> None:
         """Slots are freed with their context (LlamaContext.close)."""
 
-
-class _Run:
-    """One generation's tokens, sampled on the step thread: as a step ends, its logits are picked
-    from and the token queued for the next step at once, as llama-server samples in its own loop,
-    instead of waking the request's thread and waiting for it to hand the token back. The
-    request's thread only turns tokens into text; it reads them from a queue.
-    """
-
-    def __init__(self, slot: LlamaSlot, logits: np.ndarray, pick: Callable[[np.ndarray], int],
-                 n_past: int, limit: int) -> None:
-        self.slot, self.pick, self.n_past, self.left = slot, pick, n_past, limit
-        self._first: np.ndarray | None = logits
-        self._out: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
-        self.stopped = False  # set under the context's lock: no step is queued after it
-        self.idle = threading.Event()  # no step of this run queued or under way
-        self.idle.set()
-
-    def __iter__(self) -> "_Run":
-        return self
-
-    def __next__(self) -> int:
-        if self._first is not None:  # the prompt's logits: the first token is picked here
-            logits, self._first = self._first, None
-            if self.left <= 0:
-                raise StopIteration
-            token, again = self._take(logits)
-            if not again:
-                self._out.put(None)
-            return token
-        item = self._out.get()
-        if item is None:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def _take(self, logits: np.ndarray) -> tuple[int, bool]:
-        """Pick a token and queue its step unless it is the last: (the token, whether it was queued)."""
-        token = self.pick(logits)
-        self.left -= 1
-        again = token != self.slot.eos_id and self.left > 0 and self.slot.context.follow(self, token, self.n_past)
-        self.n_past += 1
-        return token, again
-
-    def stepped(self, ok: bool) -> None:
-        """Step thread: the last token was decoded (ok) or not; pick the next one and go on."""
-        again = False
-        try:
-            if self.stopped:
-                return
-            if not ok:
-                raise GenerationFailed("llama.cpp failed to decode the batch")
-            token, again = self._take(self.slot._logits)
-            self._out.put(token)
-            if not again:
-                self._out.put(None)
-        except BaseException as exc:  # the request's thread raises it
-            self._out.put(exc)
-        finally:
-            if not again:
-                self.idle.set()
-
-    def close(self) -> None:
-        """Stop queuing steps and wait for one under way (a generation ends before its state is used)."""
-        self.slot.context.stop(self)

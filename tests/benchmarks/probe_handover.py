@@ -84,7 +84,7 @@ def _by_hand(ctx: LlamaContext, tokens: int, handed: bool) -> float:
 
 
 def _engine(ctx: LlamaContext, tokens: int) -> float:
-    """ms per token through a LlamaSlot's generation (step thread decodes, this thread samples)."""
+    """ms per token through a LlamaSlot's generation (the step thread decodes and samples, this thread makes text)."""
     slot = ctx.slots[0]
     slot.kv_len, slot.sequence, slot.last_prompt = 0, [], None
     stamps = [time.perf_counter() for _ in slot.generate(PROMPT, SamplingParams(max_new_tokens=tokens + 1, seed=1),

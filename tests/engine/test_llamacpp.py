@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from service.engine.sampling import SamplingParams
+from service.errors import GenerationFailed
 from tests.support.engines import require_llamacpp
 
 require_llamacpp()
@@ -121,6 +122,51 @@ def test_cancelled_stream_stops_and_frees_its_slot_while_the_others_go_on(contex
     assert context.slots[2].kv_len == 0 and context.slots[2].sequence == []  # its cells freed at once
     for i in (0, 1, 3):
         assert out[i]["gen"].finish_reason == "length" and out[i]["gen"].tokens == alone
+
+
+def test_tokens_are_sampled_on_the_step_thread_and_a_stop_ends_the_run(context):
+    prompt = context.tokenizer.encode("Where are you")
+    where: set[str] = set()
+
+    def pick(logits):
+        where.add(threading.current_thread().name)
+        return int(np.argmax(logits))
+
+    slot = context.slots[1]
+    slot.eval(prompt, 0)
+    run = slot.decode(slot.logits().copy(), pick, len(prompt), 50)
+    tokens = [next(run) for _ in range(5)]
+    run.close()  # as a generation that met a stop string: no step is queued after it
+    assert run.idle.is_set() and "minivault-llamacpp" in where
+    steps = context.steps
+    time.sleep(0.05)
+    assert context.steps == steps  # nothing decoded for it after close
+    assert tokens == generate(slot, prompt, cache_prompt=False, max_new_tokens=5, **GREEDY).tokens
+
+
+def test_a_stop_string_keeps_only_the_tokens_up_to_it(context):
+    prompt = context.tokenizer.encode("Stop here")
+    full = generate(context.slots[0], prompt, cache_prompt=False, max_new_tokens=40, **GREEDY)
+    stop = full.text[len(context.tokenizer.decode(full.tokens[:10])):][:3]  # text of tokens 10-
+    gen = generate(context.slots[0], prompt, cache_prompt=False, max_new_tokens=40, stop=(stop,), **GREEDY)
+    assert gen.finish_reason == "stop" and full.text.startswith(gen.text) and stop not in gen.text
+    # the tokens up to the one that completes the stop string, none of those sampled ahead of it
+    upto = next(j for j in range(1, 41) if stop in context.tokenizer.decode(full.tokens[:j]))
+    assert gen.tokens == full.tokens[:upto]
+
+
+def test_unloading_during_a_run_ends_it_with_a_clear_error(q4_model, gguf):
+    ctx = LlamaContext(gguf, parallel=1, threads=1, tokenizer=gguf_tokenizer_for(q4_model, gguf))
+    gen = ctx.slots[0].generate(ctx.tokenizer.encode("Unload"), SamplingParams(max_new_tokens=800, **GREEDY))
+    pieces = iter(gen)
+    next(pieces)
+    closer = threading.Thread(target=ctx.close)
+    closer.start()
+    with pytest.raises(GenerationFailed, match="being unloaded"):
+        for _ in pieces:
+            pass
+    closer.join(30)
+    assert not closer.is_alive() and len(gen.tokens) < 800
 
 
 def test_prefix_reuse_gives_the_same_tokens_as_a_full_evaluation(context):

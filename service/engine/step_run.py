@@ -1,0 +1,87 @@
+"""One generation's tokens on a batching engine, sampled on its step thread (llama.cpp's)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from service.errors import GenerationFailed
+
+
+class Slot(Protocol):
+    """What a run needs of its sequence slot (llama.cpp's LlamaSlot)."""
+
+    eos_id: int
+    context: Any  # queues a step (follow(run, token, n_past) -> bool) and ends a run (stop(run))
+
+    def logits(self) -> np.ndarray: ...
+
+
+class StepRun:
+    """One generation's tokens, sampled on the step thread: as a step ends, its logits are picked
+    from and the token queued for the next step at once, as llama-server samples in its own loop,
+    instead of waking the request's thread and waiting for it to hand the token back. The
+    request's thread only turns tokens into text; it reads them from a queue. The slot's
+    context queues each step (follow) and ends the run (stop) under its own lock.
+    """
+
+    def __init__(self, slot: Slot, logits: np.ndarray, pick: Callable[[np.ndarray], int],
+                 n_past: int, limit: int) -> None:
+        self.slot, self.pick, self.n_past, self.left = slot, pick, n_past, limit
+        self._first: np.ndarray | None = logits
+        self._out: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
+        self.stopped = False  # set under the context's lock: no step is queued after it
+        self.idle = threading.Event()  # no step of this run queued or under way
+        self.idle.set()
+
+    def __iter__(self) -> "StepRun":
+        return self
+
+    def __next__(self) -> int:
+        if self._first is not None:  # the prompt's logits: the first token is picked here
+            logits, self._first = self._first, None
+            if self.left <= 0:
+                raise StopIteration
+            token, again = self._take(logits)
+            if not again:
+                self._out.put(None)
+            return token
+        item = self._out.get()
+        if item is None:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _take(self, logits: np.ndarray) -> tuple[int, bool]:
+        """Pick a token and queue its step unless it is the last: (the token, whether it was queued)."""
+        token = self.pick(logits)
+        self.left -= 1
+        again = token != self.slot.eos_id and self.left > 0 and self.slot.context.follow(self, token, self.n_past)
+        self.n_past += 1
+        return token, again
+
+    def stepped(self, ok: bool) -> None:
+        """Step thread: the last token was decoded (ok) or not; pick the next one and go on."""
+        again = False
+        try:
+            if self.stopped:
+                return
+            if not ok:
+                raise GenerationFailed("llama.cpp failed to decode the batch")
+            token, again = self._take(self.slot.logits())
+            self._out.put(token)
+            if not again:
+                self._out.put(None)
+        except BaseException as exc:  # the request's thread raises it
+            self._out.put(exc)
+        finally:
+            if not again:
+                self.idle.set()
+
+    def close(self) -> None:
+        """Stop queuing steps and wait for one under way (a generation ends before its state is used)."""
+        self.slot.context.stop(self)
