@@ -131,10 +131,10 @@ class Generation:
         for token in self._tokens:
             if reason := self._interrupted():
                 self.finish_reason = reason
-                return
+                break
             if token == eng.eos_id:
                 self.finish_reason = "stop"
-                return
+                break
             self.tokens.append(token)
             self.last_token_at = time.monotonic()
             if self.first_token_at is None:
@@ -145,7 +145,8 @@ class Generation:
             if self._text.stopped:
                 self.finish_reason = "stop"
                 return
-        self.finish_reason = "length"
+        else:
+            self.finish_reason = "length"
         tail = self._text.finish()
         if tail:
             yield tail

@@ -63,6 +63,13 @@ def test_held_back_text_that_is_not_a_stop_is_released(open_backend, hello):
     assert "i 日" not in pieces[:2]  # "i", " ", "日" were held while they could still start the stop string
 
 
+def test_held_back_text_is_released_when_end_of_text_comes(open_backend, hello):
+    engine = open_backend(hello.path)
+    pieces, gen = run(engine, hello.prompt_ids, max_new_tokens=50, stop=("!X",), **GREEDY)
+    assert "".join(pieces) == "Hi 日本!" and pieces[-1] == "!"  # held while it could start "!X"
+    assert gen.finish_reason == "stop" and len(gen.tokens) == 7
+
+
 def test_same_seed_same_text_and_different_seed_differs(open_backend, tiny_model):
     engine = open_backend(tiny_model)
     prompt = engine.tokenizer.encode("Hello world")
