@@ -70,9 +70,9 @@ class _Eval:
                  then: "Callable[[bool], None] | None" = None) -> None:
         self.slot, self.tokens, self.n_past = slot, tokens, n_past
         self.index = -1  # its last token's place in the batch: where its logits are
-        self.done = threading.Event()
+        self.then = then  # called on the step thread once decoded, instead of waking a waiter on done
+        self.done = threading.Event() if then is None else None
         self.ok = False
-        self.then = then  # called on the step thread once decoded (instead of waking a waiter)
 
 
 class LlamaContext:
@@ -127,9 +127,8 @@ class LlamaContext:
         self._thread.start()
 
     # --- what slots ask ----------------------------------------------------------------------
-    def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> Callable[[], None]:
-        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; return the
-        wait for it (which raises GenerationFailed if the step could not decode them)."""
+    def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> None:
+        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; wait for it."""
         if not 0 < len(tokens) <= self.prompt_chunk:
             raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self.prompt_chunk} fit a step")
         job = _Eval(slot, list(tokens), n_past)
@@ -138,13 +137,9 @@ class LlamaContext:
                 raise GenerationFailed("the model is being unloaded")
             self._pending.append(job)
             self._cv.notify_all()
-
-        def wait() -> None:
-            job.done.wait()
-            if not job.ok:
-                raise GenerationFailed("llama.cpp failed to decode the batch")
-
-        return wait
+        job.done.wait()
+        if not job.ok:
+            raise GenerationFailed("llama.cpp failed to decode the batch")
 
     def follow(self, run: "StepRun", token: int, n_past: int) -> bool:
         """Queue `token` of `run`'s sequence at n_past for the next step, unless the run was
@@ -211,10 +206,10 @@ class LlamaContext:
                 self._decode(group)
         finally:
             for e in evals:
-                if e.then is not None:
-                    e.then(e.ok)
-                else:
+                if e.done is not None:
                     e.done.set()
+                else:
+                    e.then(e.ok)
 
     def _decode(self, evals: list[_Eval]) -> None:
         """One llama_decode over the evals' tokens; each slot gets the logits of its last token."""
@@ -306,7 +301,7 @@ class LlamaSlot(Generates):
         self._sequence = list(tokens)[: self.kv_len]  # never more than the cells really hold
 
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
-        self.context.submit(self, tokens, n_past)()
+        self.context.submit(self, tokens, n_past)
 
     def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
                limit: int) -> "StepRun":
@@ -328,4 +323,3 @@ class LlamaSlot(Generates):
 
     def close(self) -> None:
         """Slots are freed with their context (LlamaContext.close)."""
-

@@ -125,11 +125,8 @@ class Sampler:
             return ids, np.empty(0, dtype=np.float64)
         vals = _finite(np.asarray(logits)[ids])
         # The same float64 operations, in the same order, as on the whole vocabulary: the same values
-        if seen and len(seen) == ids.size:  # only the repetition penalty: every id is a seen one
-            with np.errstate(over="ignore", under="ignore"):
-                vals = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
-        elif seen:
-            at = np.searchsorted(ids, np.array(sorted(seen), dtype=np.int64))
+        if seen:  # every id is a seen one when only the repetition penalty touches them
+            at = slice(None) if len(seen) == ids.size else np.searchsorted(ids, np.array(sorted(seen), dtype=np.int64))
             with np.errstate(over="ignore", under="ignore"):
                 vals[at] = np.where(vals[at] > 0, vals[at] / p.repetition_penalty, vals[at] * p.repetition_penalty)
         if counts:
