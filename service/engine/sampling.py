@@ -88,8 +88,6 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self.prompt_len = prompt_len  # presence/frequency penalties count only tokens after the prompt
         self.logprobs: list[TokenLogprob] = []
-        self._bias_ids = np.array([t for t, _ in params.logit_bias], dtype=np.int64)
-        self._bias = np.array([b for _, b in params.logit_bias], dtype=np.float64)
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """Choose the next token id from the model's logits, given the tokens so far."""
@@ -104,61 +102,62 @@ class Sampler:
     def adjusted(self, logits: np.ndarray, history: Sequence[int]) -> np.ndarray:
         """The logits after penalties and bias: float64, finite, clipped to +-_BIG."""
         full = _finite(logits)  # a copy
-        ids, vals = self._penalised(logits, history)
+        ids, vals = self._penalised(np.asarray(logits), history)
         full[ids] = vals
         return full
 
-    def _penalised(self, logits: np.ndarray, history: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """The ids a penalty or bias touches (sorted, unique) and their adjusted float64 logits."""
+    def _penalised(self, raw: np.ndarray, history: Sequence[int]) -> tuple[list[int], list[float]]:
+        """The ids a penalty or bias touches (sorted, unique) and their adjusted logits.
+
+        In Python floats, one id at a time: one numpy call instead of a dozen, each of which costs
+        several microseconds right after a model step. Python's float64 operations are IEEE's, as
+        numpy's are, and come in the same order as on the whole vocabulary: the same values.
+        """
         p = self.params
-        n = len(logits)
-        # Sets and sorted lists in Python: for the few dozen ids here, faster than numpy's set routines
+        n = len(raw)
         seen: set[int] = set()
         if p.repetition_penalty != 1.0 and history:
             seen = {t for t in history[-REPEAT_LAST_N:] if 0 <= t < n}
         counts: Counter[int] = Counter()
         if (p.presence_penalty or p.frequency_penalty) and len(history) > self.prompt_len:
             counts = Counter(t for t in history[self.prompt_len:] if 0 <= t < n)
-        touched = seen | counts.keys() | {t for t, _ in p.logit_bias if 0 <= t < n}
-        ids = np.array(sorted(touched), dtype=np.int64)
-        if not ids.size:
-            return ids, np.empty(0, dtype=np.float64)
-        vals = _finite(np.asarray(logits)[ids])
-        # The same float64 operations, in the same order, as on the whole vocabulary: the same values
-        if seen:  # every id is a seen one when only the repetition penalty touches them
-            at = slice(None) if len(seen) == ids.size else np.searchsorted(ids, np.array(sorted(seen), dtype=np.int64))
-            with np.errstate(over="ignore", under="ignore"):
-                vals[at] = np.where(vals[at] > 0, vals[at] / p.repetition_penalty, vals[at] * p.repetition_penalty)
-        if counts:
-            at = np.searchsorted(ids, np.fromiter(counts, dtype=np.int64, count=len(counts)))
-            vals[at] -= p.presence_penalty + p.frequency_penalty * np.fromiter(counts.values(), dtype=np.float64)
-        if self._bias_ids.size:
-            ok = (self._bias_ids >= 0) & (self._bias_ids < n)
-            # np.add.at adds one by one, in order: a repeated id adds twice, as a loop would
-            np.add.at(vals, np.searchsorted(ids, self._bias_ids[ok]), self._bias[ok])
-        return ids, _finite(vals)
+        ids = sorted(seen | counts.keys() | {t for t, _ in p.logit_bias if 0 <= t < n})
+        if not ids:
+            return ids, []
+        vals = dict(zip(ids, map(_clip, raw[ids].tolist())))
+        rp = p.repetition_penalty
+        for t in seen:
+            v = vals[t]
+            vals[t] = v / rp if v > 0 else v * rp
+        for t, c in counts.items():
+            vals[t] -= p.presence_penalty + p.frequency_penalty * c
+        for t, b in p.logit_bias:  # in order: a repeated id adds twice
+            if 0 <= t < n:
+                vals[t] += b
+        return ids, [_clip(vals[t]) for t in ids]
 
     def _top(self, logits: np.ndarray, history: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k best tokens by adjusted logit (ties: the lower id first), best first, and those logits.
 
         Works on a few candidates only: the untouched logits are the model's, so the k best are
-        among the ids touched by a penalty or bias and the ids whose raw logit reaches the
-        (k + touched)-th largest raw logit (all of them, so ties are settled by id below).
-        Logits with a NaN or too few finite values take the whole-vocabulary path instead.
+        among the ids touched by a penalty or bias and the untouched ids whose raw logit reaches
+        the k-th largest untouched one (all of them, so ties are settled by id below). Logits
+        with too few finite values take the whole-vocabulary path instead.
         """
         raw = np.asarray(logits)
         touched, vals = self._penalised(raw, history)
         n = raw.size
-        kk = k + touched.size
-        best = raw.max()  # NaN if any logit is NaN
-        reaching = _reaching(raw, kk, best) if kk < n and np.isfinite(best) else None
-        if reaching is None:  # a short vocabulary, NaN or -inf: all of it, as it was
+        reaching = _reaching(raw, k, touched) if k + len(touched) < n else None
+        if reaching is None:  # a short vocabulary, NaN or infinities: all of it, as it was
             cand, cvals = np.arange(n), _finite(raw)
+            cvals[touched] = vals
+            order = np.argsort(-cvals, kind="stable")[:k]  # a stable sort puts the lower id first
         else:
-            cand = np.union1d(reaching, touched)  # sorted
-            cvals = _finite(raw[cand])  # +inf may be among them
-        cvals[np.searchsorted(cand, touched)] = vals
-        order = np.argsort(-cvals, kind="stable")[:k]  # cand is sorted: a stable sort puts the lower id first
+            ids, raw_vals = reaching
+            cand = np.concatenate((ids, np.array(touched, dtype=np.int64)))
+            cvals = np.array(raw_vals.tolist() + vals)  # float32 to float64 is exact
+            np.fmin(cvals, _BIG, out=cvals)  # +inf may reach the cut; NaN and -inf cannot
+            order = np.lexsort((cand, -cvals))[:k]  # by logit, best first; ties by id
         return cand[order], cvals[order]
 
     def _choose(self, logits: np.ndarray, history: Sequence[int]) -> int:
@@ -186,26 +185,38 @@ def _draw(rng: np.random.Generator, probs: np.ndarray) -> int:
     return int(cdf.searchsorted(rng.random(), side="right"))
 
 
-def _reaching(raw: np.ndarray, kk: int, best: float) -> np.ndarray | None:
-    """The sorted ids whose logit reaches the kk-th largest one, or None if that is not finite.
+def _reaching(raw: np.ndarray, k: int, exclude: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sorted ids not in `exclude` whose logit reaches the k-th largest of theirs, and those
+    logits; None if that logit is not finite (or cannot be found this way: NaN, infinities).
 
-    Partitioning all 50,257 logits took 0.3 ms a token, most of the sampler's time. The kk-th
-    largest of every STRIDE-th logit is a floor for the whole array's (those kk logits reach it),
-    so only the few ids at or above that floor are partitioned: the same ids, about 5x faster.
+    Partitioning all 50,257 logits took 0.3 ms a token, most of the sampler's time. The
+    (k + excluded)-th largest of every STRIDE-th logit is a floor for the k-th largest of the
+    others (at least k of them reach it), so only the few ids at or above that floor are
+    partitioned: the same ids, about 5x faster. A NaN never reaches a floor; one among the
+    sampled logits only raises the floor, and then too few may reach it (None).
     """
-    if kk == 1:
-        cut = best
+    kk = k + len(exclude)
+    if kk == 1:  # greedy with nothing touched: the best logit itself
+        cut = raw.max()  # NaN if any logit is NaN
         ids = np.flatnonzero(raw >= cut)
-    else:
-        sample = raw[::STRIDE]
-        if sample.size > kk:
-            ids = np.flatnonzero(raw >= np.partition(sample, sample.size - kk)[sample.size - kk])
-        else:
-            ids = np.arange(raw.size)
-        vals = raw[ids]  # at least kk of them
-        cut = np.partition(vals, vals.size - kk)[vals.size - kk]
-        ids = ids[vals >= cut]
-    return ids if np.isfinite(cut) else None
+        return (ids, raw[ids]) if np.isfinite(cut) else None
+    sample = raw[::STRIDE]
+    mask = raw >= np.partition(sample, sample.size - kk)[sample.size - kk] if sample.size > kk else raw == raw
+    mask[exclude] = False
+    ids = np.flatnonzero(mask)
+    if ids.size < k:
+        return None
+    vals = raw[ids]
+    cut = np.partition(vals, vals.size - k)[vals.size - k]
+    if not np.isfinite(cut):
+        return None
+    keep = vals >= cut
+    return ids[keep], vals[keep]
+
+
+def _clip(v: float) -> float:
+    """_finite for one Python float: NaN as -_BIG, everything clipped to +-_BIG."""
+    return v if -_BIG <= v <= _BIG else (_BIG if v > _BIG else -_BIG)
 
 
 def _finite(logits: np.ndarray) -> np.ndarray:

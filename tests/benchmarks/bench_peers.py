@@ -21,6 +21,7 @@ back to back, so machine noise hits all alike; tables give medians and ratios to
 each of its engines.
 
     .venv/bin/python tests/benchmarks/bench_peers.py [--rounds 5] [--tokens 128] [--only decode,ttft,streams]
+        [--peers minivault-llamacpp,llama-server]   (a subset, for longer paired runs of two peers)
 """
 
 from __future__ import annotations
@@ -289,16 +290,32 @@ def minivault_llama(gguf: Path, tmp: Path, threads: int, parallel: int = 1) -> l
         return []
 
 
+PEERS = ("minivault", "ctransformers", "minivault-llamacpp", "llama-server", "llama-cpp-python", "transformers")
+
+
+def wanted(args) -> set[str]:
+    """The peers --peers names (all by default); an unknown name is an error, not a silent skip."""
+    names = set(args.peers.split(",")) if args.peers else set(PEERS)
+    if names - set(PEERS):
+        raise SystemExit(f"--peers: unknown {sorted(names - set(PEERS))}; choose from {', '.join(PEERS)}")
+    return names
+
+
 def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
     """Every peer that can run here, at `threads`; prints why each missing one is skipped."""
-    peers: list = [MiniVault(model, tmp, threads), CTransformers(model, tmp, threads)]
-    peers += minivault_llama(gguf, tmp, threads)
+    want = wanted(args)
+    peers: list = [cls(model, tmp, threads) for cls in (MiniVault, CTransformers) if cls.name in want]
+    peers += minivault_llama(gguf, tmp, threads) if MiniVaultLlama.name in want else []
     binary = Path(args.llama_server)
-    if binary.is_file():
+    if LlamaServer.name not in want:
+        pass
+    elif binary.is_file():
         peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, threads))
     else:
         say(f"skip llama-server: no binary at {binary} (--llama-server PATH; build: see this script's docstring)")
     for cls, needs in ((LlamaCppPython, "llama_cpp"), (Transformers, "torch, transformers")):
+        if cls.name not in want:
+            continue
         try:
             peers.append(cls(gguf, threads) if cls is LlamaCppPython else cls(model, threads))
         except ImportError as exc:
@@ -368,10 +385,11 @@ def bench_ttft(args, model, gguf, tmp, results) -> None:
 def bench_streams(args, model, gguf, tmp, results) -> None:
     text, ids = prompt_of(8)
     for streams in (1, 2, 4):
-        peers: list = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))]
-        peers += minivault_llama(gguf, tmp, args.threads, parallel=streams)
+        want = wanted(args)
+        peers: list = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))] if MiniVault.name in want else []
+        peers += minivault_llama(gguf, tmp, args.threads, parallel=streams) if MiniVaultLlama.name in want else []
         binary = Path(args.llama_server)
-        if binary.is_file():
+        if LlamaServer.name in want and binary.is_file():
             peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, args.threads, parallel=streams))
         rows: dict[str, list[float]] = {p.name: [] for p in peers}
         try:
@@ -400,6 +418,7 @@ def main() -> None:
     ap.add_argument("--quant", default="q4_0")
     ap.add_argument("--only", default="decode,ttft,streams")
     ap.add_argument("--llama-server", default=str(DEFAULT_LLAMA_SERVER))
+    ap.add_argument("--peers", default="", help=f"comma-separated subset of: {', '.join(PEERS)} (default: all)")
     ap.add_argument("--json", help="also write the raw figures to this file")
     args = ap.parse_args()
     say(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (figures are noisy when it is busy)")

@@ -11,11 +11,15 @@ GPT-2-small-shaped q4_0 model written by the project's writer and copied into a 
    busiest threads (the step thread and llama.cpp's OpenMP worker, both spinning between steps),
    and the rest (the request's thread, the log writer). On two cores, everything that is not
    decoding runs on a core a decoding thread wants.
+3. What streaming itself costs: the decode tokens/s (from the request log's timings) of
+   `POST /generate/stream` against `POST /generate` (no per-token work on the event loop or in
+   the client) on the same server, alternating, at 1 and 2 threads; median of the paired ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -100,6 +104,30 @@ def serving_costs(gguf: Path, tmp: Path, requests: int) -> tuple[float, dict[str
                            "the rest (request thread, log writer, ...)": sum(used.values())}
 
 
+def streaming_cost(gguf: Path, tmp: Path, threads: int, pairs: int) -> tuple[float, float, float]:
+    """(stream tok/s, non-stream tok/s, median paired ratio): decode speed from the log's timings."""
+    log = tmp / f"log-stream-{threads}.jsonl"
+    server = start_server(gguf, log, engine="llamacpp", parallel=1, threads=threads)
+    body = {"prompt": "abcdefgh", "max_new_tokens": 256, "seed": 1, "cache_prompt": False}
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as client:
+            for _ in range(pairs + 1):  # the first pair warms up
+                with client.stream("POST", "/generate/stream", json=body) as r:
+                    r.raise_for_status()
+                    for _ in r.iter_raw():
+                        pass
+                client.post("/generate", json=body).raise_for_status()
+    finally:
+        server.stop()
+    rates: dict[str, list[float]] = {"/generate/stream": [], "/generate": []}
+    for line in log.read_text().splitlines():
+        rec = json.loads(line)
+        rates[rec["endpoint"]].append(rec["timings"]["tokens_per_second"])
+    streamed, whole = rates["/generate/stream"][1:], rates["/generate"][1:]
+    return (statistics.median(streamed), statistics.median(whole),
+            statistics.median(a / b for a, b in zip(streamed, whole)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=10)
@@ -113,6 +141,10 @@ def main() -> None:
         print(f"live server, one stream, 2 threads: {rate:.0f} tok/s; CPU us per token:")
         for name, us in per.items():
             print(f"  {name}: {us:.0f}")
+        for threads in (1, 2):
+            streamed, whole, ratio = streaming_cost(gguf, Path(tmp), threads, args.requests)
+            print(f"decode, {threads} thread(s): streamed {streamed:.0f} tok/s, not streamed {whole:.0f} tok/s: "
+                  f"{ratio:.3f}x (paired)")
 
 
 if __name__ == "__main__":
