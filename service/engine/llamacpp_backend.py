@@ -119,6 +119,7 @@ class LlamaContext:
         self._cv = threading.Condition()
         self._pending: list[_Eval] = []
         self._active: set[int] = set()  # slots mid-generation: a step waits (briefly) for each
+        self._views: dict[int, np.ndarray] = {}  # logits views by address (_logits_at)
         self._decoding = threading.Lock()  # llama.cpp's context is not safe to use from two threads
         self._closing = False
         self.steps = 0  # decode calls so far, and sequences decoded in them (for the batch size)
@@ -241,13 +242,25 @@ class LlamaContext:
                 if e.index < 0:
                     continue
                 if rc == 0:
-                    ptr = lc.llama_get_logits_ith(self._ctx, e.index)
-                    np.copyto(e.slot._logits, np.ctypeslib.as_array(ptr, shape=(self.vocab_size,)))
+                    np.copyto(e.slot._logits, self._logits_at(e.index))
                     e.slot.kv_len = e.n_past + len(e.tokens)
                     e.ok = True
                 else:  # what the failed call left in the cache is not known: drop it
                     lc.llama_memory_seq_rm(self._mem, e.slot.seq_id, 0, -1)
                     e.slot.kv_len = 0
+
+    def _logits_at(self, index: int) -> np.ndarray:
+        """A view of llama.cpp's logits for batch row `index` (valid until the next decode).
+
+        Made once per address: np.ctypeslib.as_array builds a ctypes array type and parses its
+        buffer format on every call, tens of microseconds on the step thread right after a decode.
+        """
+        addr = ctypes.cast(self._lc.llama_get_logits_ith(self._ctx, index), ctypes.c_void_p).value
+        view = self._views.get(addr)
+        if view is None:  # a new output buffer (llama.cpp grows it as batches need more rows)
+            view = self._views[addr] = np.frombuffer((ctypes.c_float * self.vocab_size).from_address(addr),
+                                                     dtype=np.float32)
+        return view
 
     # --- lifetime ----------------------------------------------------------------------------
     def close(self) -> None:
@@ -262,6 +275,7 @@ class LlamaContext:
 
     def _free(self) -> None:
         lc = self._lc
+        self._views = {}  # views of buffers the context owns
         if self._batch is not None:
             lc.llama_batch_free(self._batch)
             self._batch = None
