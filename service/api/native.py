@@ -32,8 +32,9 @@ from service.api.schemas import (
 from service.api.streaming import StreamAborted
 from service.engine.sampling import SamplingParams
 from service.errors import GenerationFailed, ShuttingDown
+from service.runtime.jobs import Job
 from service.runtime.runtime import Runtime
-from service.runtime.scheduler import Job, Scheduler
+from service.runtime.scheduler import Scheduler
 
 _JSON = Body(media_type=RequestEncodingType.JSON)
 

@@ -53,8 +53,9 @@ from service.api.schemas_openai import (
     PromptTokensDetails,
 )
 from service.errors import ContextOverflow, GenerationFailed
+from service.runtime.jobs import Job, JobGroup
 from service.runtime.runtime import Runtime
-from service.runtime.scheduler import Job, JobGroup, Scheduler
+from service.runtime.scheduler import Scheduler
 
 _JSON = Body(media_type=RequestEncodingType.JSON)
 

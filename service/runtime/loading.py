@@ -19,7 +19,8 @@ import msgspec
 from service.config import Settings
 from service.engine.base import Tokenizer
 from service.engine.ctransformers_backend import Engine
-from service.runtime.scheduler import Job, Scheduler
+from service.runtime.jobs import Job
+from service.runtime.scheduler import Scheduler
 
 ENGINE_NAME = "ctransformers"  # the backend that runs generations, named in the log for replay
 

@@ -105,7 +105,7 @@ class Metrics:
         self.requests.labels(endpoint, self.model, status).inc()
 
     def observe_job(self, job) -> None:
-        """A job ended (duck-typed Job: runtime.scheduler imports nothing from here)."""
+        """A job ended (duck-typed Job: runtime.jobs imports nothing from here)."""
         m = job.model_id
         self.requests.labels(job.endpoint, m, job.status).inc()
         self.prompt_tokens.labels(m).inc(len(job.prompt_ids))

@@ -27,8 +27,9 @@ from service.errors import (
     UnknownModel,
 )
 from service.runtime import catalog, engines
+from service.runtime.jobs import Job
 from service.runtime.loading import LibrarySlots, Loaded, load_model, resident_mb
-from service.runtime.scheduler import Job, Scheduler
+from service.runtime.scheduler import Scheduler
 
 log = logging.getLogger("minivault")
 MB = 1024 * 1024

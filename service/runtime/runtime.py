@@ -19,12 +19,12 @@ from typing import Any, Callable, TypeVar
 from service import __version__
 from service.config import Settings
 from service.errors import ServiceError, ShuttingDown
+from service.runtime.jobs import Job, JobGroup
 from service.runtime.loading import ENGINE_NAME
 from service.runtime.logbook import LogBook
 from service.runtime.logdb import LogDB
 from service.runtime.metrics import Load, Metrics
 from service.runtime.models import Models
-from service.runtime.scheduler import Job, JobGroup
 
 log = logging.getLogger("minivault")
 T = TypeVar("T")

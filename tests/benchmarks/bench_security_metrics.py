@@ -76,8 +76,8 @@ def layer_costs(n: int = 20_000) -> dict[str, float]:
 
     from service.api.security import KeyRing
     from service.engine.sampling import SamplingParams
+    from service.runtime.jobs import Job
     from service.runtime.metrics import Load, Metrics
-    from service.runtime.scheduler import Job
 
     metrics = Metrics("bench", "0", "ctransformers", lambda: Load("bench", True, 1.0, 1, 0, 0))
     job = Job("/generate/stream", PROMPT, [1, 2, 3, 4], SamplingParams(max_new_tokens=128))
