@@ -49,6 +49,16 @@ RUN sh docker/slim-venv.sh /opt/venv
 
 
 FROM deps AS app
+# A C compiler and Python's headers for the sampler's top-k (service/engine/_topk.c), in this
+# stage only: the runtime stage copies the built module. Optional: where it cannot be built,
+# the sampler finds the same tokens with numpy, slower.
+RUN need=""; command -v gcc >/dev/null || need="gcc libc6-dev"; \
+    python -c 'import os, sysconfig; os.stat(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' \
+        2>/dev/null || need="$need python3-dev"; \
+    if [ -n "$need" ]; then \
+        { apt-get update && apt-get install -y --no-install-recommends $need; } \
+        || echo "could not install $need: the sampler's top-k will run on numpy" >&2; \
+    fi
 COPY README.md ./
 COPY service ./service
 COPY docker/stage-app.py docker/

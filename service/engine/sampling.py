@@ -20,9 +20,19 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
+try:  # the top-k in C: an optional build (pyproject.toml); without it, the same tokens from numpy
+    from service.engine import _topk
+except ImportError:
+    _topk = None
+
 REPEAT_LAST_N = 64  # how many recent tokens the repetition penalty looks at (llama.cpp's default)
 STRIDE = 16  # the sample _reaching takes its floor from (measured: 16 is fastest for k up to ~100)
 _BIG = 1e300  # logits are clipped to +-_BIG: any finite shift of them stays finite
+# The penalties run in Python floats, which never warn; the logits numpy then divides by the
+# temperature lie within 2 * _BIG of 0, so a temperature from this up cannot overflow, and no
+# errstate (as costly as a small numpy call right after a model step) is needed
+QUIET_TEMPERATURE = 1e-6
+NATIVE_MAX_K = 4096  # larger k (top_k 0: the whole vocabulary) sorts with numpy: one call either way
 LOGPROB_FLOOR = -9999.0  # what a probability that underflows to 0 is reported as (OpenAI does the same)
 
 
@@ -91,10 +101,11 @@ class Sampler:
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """Choose the next token id from the model's logits, given the tokens so far."""
-        # one errstate for the whole call: a huge penalty or a tiny temperature over- or
-        # underflows on purpose, and each errstate costs as much as a small numpy call
-        with np.errstate(over="ignore", under="ignore"):
+        if self.params.temperature >= QUIET_TEMPERATURE:
             token = self._choose(logits, history)
+        else:  # dividing by it may overflow to -inf on purpose (exp then gives 0: never NaN)
+            with np.errstate(over="ignore", under="ignore"):
+                token = self._choose(logits, history)
         if self.params.logprobs is not None:
             self.logprobs.append(token_logprob(logits, token, self.params.logprobs))
         return token
@@ -147,6 +158,9 @@ class Sampler:
         raw = np.asarray(logits)
         touched, vals = self._penalised(raw, history)
         n = raw.size
+        if _topk is not None and k <= NATIVE_MAX_K and raw.dtype == np.float32 and raw.flags.c_contiguous:
+            ids, best = _topk.top_k(raw, k, touched, vals)  # one pass in C: the same k, in the same order
+            return np.array(ids, dtype=np.int64), np.array(best)
         reaching = _reaching(raw, k, touched) if k + len(touched) < n else None
         if reaching is None:  # a short vocabulary, NaN or infinities: all of it, as it was
             cand, cvals = np.arange(n), _finite(raw)

@@ -1,6 +1,6 @@
 """Where the llama.cpp engine's time between two decode calls goes, one stream, in-process.
 
-Run by hand (not in CI): .venv/bin/python tests/benchmarks/probe_step_gap.py [--threads 2]
+Run by hand (not in CI): .venv/bin/python tests/benchmarks/probe_step_gap.py [--threads 2] [--numpy]
 GPT-2-small-shaped q4_0 model written by the project's writer and copied into a GGUF; 256 tokens
 after an 8-token prompt at the default sampling, 5 runs (the first warms up). The step thread's
 calls are timed by wrapping them: llama_decode, StepRun.stepped (the run's work as a step ends),
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import ROOT, gpt2_small  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from service.engine import llamacpp_backend, step_run  # noqa: E402
+from service.engine import llamacpp_backend, sampling, step_run  # noqa: E402
 from service.engine.sampling import Sampler, SamplingParams  # noqa: E402
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from service.runtime.loading import gguf_tokenizer_for  # noqa: E402
@@ -85,7 +85,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--numpy", action="store_true", help="find the top k with numpy, not the C module")
     args = ap.parse_args()
+    if args.numpy:
+        sampling._topk = None
+    print(f"top k: {'C' if sampling._topk else 'numpy'}; {args.threads} threads")
     marks: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="minivault-gap-") as tmp:
         model = gpt2_small(Path(tmp) / "model.bin", "q4_0")

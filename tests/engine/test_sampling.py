@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from service.engine import sampling
 from service.engine.sampling import STRIDE, Sampler, SamplingParams, _reaching
 
 LOGITS = np.array([1.0, 3.0, 2.0, -1.0, 2.9], dtype=np.float32)
+NO_C = "the C top-k was not built (no C compiler or Python headers at install): numpy finds it"
+
+
+@pytest.fixture(autouse=True, params=["c", "numpy"])
+def top_k_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs on both ways of finding the top k: the C pass (if built) and numpy."""
+    if request.param == "c" and sampling._topk is None:
+        pytest.skip(NO_C)
+    if request.param == "numpy":
+        monkeypatch.setattr(sampling, "_topk", None)
+    return request.param
 
 
 def draws(n: int = 300, **params) -> list[int]:
@@ -52,13 +65,12 @@ def test_sampling_follows_the_distribution():
 # --- numerical safety: every accepted value of every field, at its extremes ------------------------
 import warnings  # noqa: E402
 
-import pytest  # noqa: E402
-
-from service.engine.sampling import log_softmax, token_logprob  # noqa: E402
+from service.engine.sampling import QUIET_TEMPERATURE, log_softmax, token_logprob  # noqa: E402
 
 WIDE = np.array([88.0, -88.0, 0.0, 1e-30, 3.4e38, -3.4e38, 50.0], dtype=np.float32)
 EXTREMES = [
     {"temperature": 5e-324}, {"temperature": 1e-300}, {"temperature": 1e-30}, {"temperature": 5.0},
+    {"temperature": QUIET_TEMPERATURE, "repetition_penalty": 5e-324, "logit_bias": ((4, -1e300),)},
     {"top_p": 5e-324}, {"top_p": 1e-300}, {"top_p": 1.0}, {"top_k": 1}, {"top_k": 1_000_000}, {"top_k": 0},
     {"repetition_penalty": 5e-324}, {"repetition_penalty": 1e-300}, {"repetition_penalty": 10.0},
     {"presence_penalty": -2.0}, {"presence_penalty": 2.0}, {"frequency_penalty": -2.0}, {"frequency_penalty": 2.0},
@@ -294,3 +306,4 @@ def test_the_candidates_are_exactly_the_logits_reaching_the_kth_largest(n, k, ex
         assert (got is None) == (expected is None), name
         if got is not None:
             assert np.array_equal(got[0], expected) and np.array_equal(got[1], raw[expected]), name
+

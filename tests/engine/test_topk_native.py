@@ -1,0 +1,60 @@
+"""The sampler's top-k in C (service/engine/_topk.c) against numpy's, and its own argument checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.engine import sampling
+from service.engine.sampling import Sampler, SamplingParams
+
+pytestmark = pytest.mark.skipif(
+    sampling._topk is None, reason="the C top-k was not built (no C compiler or Python headers at install)")
+
+
+def _cases(count: int):
+    """Logits (NaN, infinities, ties, flat runs), a history and k, drawn at random."""
+    rng = np.random.default_rng(7)
+    for trial in range(count):
+        n = int(rng.choice([5, 60, 700, 3000, 50_257]))
+        raw = (rng.standard_normal(n) * 3).astype(np.float32)
+        if trial % 5 == 0:
+            raw[rng.integers(0, n, 10)] = np.nan
+        if trial % 7 == 0:
+            raw[rng.integers(0, n, 10)] = np.inf
+        if trial % 11 == 0:
+            raw[rng.integers(0, n, n // 2)] = -np.inf
+        if trial % 13 == 0:
+            raw = np.round(raw).astype(np.float32)  # many ties
+        history = [int(t) for t in rng.integers(0, n, int(rng.choice([0, 5, 80])))]
+        params = SamplingParams(repetition_penalty=float(rng.choice([1.0, 1.1, 3.0])),
+                                presence_penalty=float(rng.choice([0.0, 0.5])),
+                                logit_bias=((0, 1e30), (n - 1, -5.0)) if trial % 3 == 0 else ())
+        yield raw, history, params, min(int(rng.choice([1, 2, 40, 200])), n)
+
+
+def test_the_c_top_k_is_the_numpy_one(monkeypatch):
+    for raw, history, params, k in _cases(1500):
+        sampler = Sampler(params)
+        c_ids, c_vals = sampler._top(raw, history, k)
+        with monkeypatch.context() as m:
+            m.setattr(sampling, "_topk", None)
+            with np.errstate(over="ignore", under="ignore"):
+                np_ids, np_vals = sampler._top(raw, history, k)
+        assert np.array_equal(c_ids, np_ids) and np.array_equal(c_vals, np_vals), (raw.size, k, history)
+
+
+def test_the_c_top_k_refuses_what_it_cannot_rank():
+    top_k = sampling._topk.top_k
+    logits = np.zeros(10, dtype=np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        top_k(np.zeros(10), 3, [], [])
+    with pytest.raises(ValueError, match="k is 11: 1 to 10"):
+        top_k(logits, 11, [], [])
+    with pytest.raises(ValueError, match="sorted, unique and inside"):
+        top_k(logits, 3, [4, 2], [1.0, 2.0])
+    with pytest.raises(ValueError, match="sorted, unique and inside"):
+        top_k(logits, 3, [10], [1.0])
+    with pytest.raises(TypeError, match="same length"):
+        top_k(logits, 3, [1], [])
+    assert top_k(logits, 3, [5], [0.5]) == ([5, 0, 1], [0.5, 0.0, 0.0])
