@@ -49,7 +49,7 @@ RUN sh docker/slim-venv.sh /opt/venv
 
 
 FROM deps AS app
-# A C compiler and Python's headers for the sampler's top-k (service/engine/_topk.c), in this
+# A C compiler and Python's headers for the sampler's top-k (service/engine/_sampler.c), in this
 # stage only: the runtime stage copies the built module. Optional: where it cannot be built,
 # the sampler finds the same tokens with numpy, slower.
 RUN need=""; command -v gcc >/dev/null || need="gcc libc6-dev"; \

@@ -20,10 +20,10 @@ from typing import Sequence
 import msgspec
 import numpy as np
 
-try:  # the top-k in C: an optional build (pyproject.toml); without it, the same tokens from numpy
-    from service.engine import _topk
+try:  # penalties and top-k in C: an optional build (pyproject.toml); without it, the same tokens, slower
+    from service.engine import _sampler as _native
 except ImportError:
-    _topk = None
+    _native = None
 
 REPEAT_LAST_N = 64  # how many recent tokens the repetition penalty looks at (llama.cpp's default)
 STRIDE = 16  # the sample _reaching takes its floor from (measured: 16 is fastest for k up to ~100)
@@ -98,6 +98,7 @@ class Sampler:
         self._rng = np.random.default_rng(self.seed)
         self.prompt_len = prompt_len  # presence/frequency penalties count only tokens after the prompt
         self.logprobs: list[TokenLogprob] = []
+        self._bias = tuple((int(t), float(b)) for t, b in params.logit_bias)  # the shape C reads
 
     def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
         """Choose the next token id from the model's logits, given the tokens so far."""
@@ -120,11 +121,15 @@ class Sampler:
     def _penalised(self, raw: np.ndarray, history: Sequence[int]) -> tuple[list[int], list[float]]:
         """The ids a penalty or bias touches (sorted, unique) and their adjusted logits.
 
-        In Python floats, one id at a time: one numpy call instead of a dozen, each of which costs
-        several microseconds right after a model step. Python's float64 operations are IEEE's, as
-        numpy's are, and come in the same order as on the whole vocabulary: the same values.
+        In C (_sampler.c) where it was built, else in Python floats, one id at a time: either way
+        not the dozen numpy calls, each of which costs several microseconds right after a model
+        step. C's, Python's and numpy's float64 operations are IEEE's, and they come in the same
+        order as on the whole vocabulary: the same values.
         """
         p = self.params
+        if _native is not None and type(history) is list and raw.dtype == np.float32 and raw.flags.c_contiguous:
+            return _native.penalised(raw, history, self.prompt_len, p.repetition_penalty, p.presence_penalty,
+                                     p.frequency_penalty, self._bias)  # the same, in C
         n = len(raw)
         seen: set[int] = set()
         if p.repetition_penalty != 1.0 and history:
@@ -132,7 +137,7 @@ class Sampler:
         counts: Counter[int] = Counter()
         if (p.presence_penalty or p.frequency_penalty) and len(history) > self.prompt_len:
             counts = Counter(t for t in history[self.prompt_len:] if 0 <= t < n)
-        ids = sorted(seen | counts.keys() | {t for t, _ in p.logit_bias if 0 <= t < n})
+        ids = sorted(seen | counts.keys() | {t for t, _ in self._bias if 0 <= t < n})
         if not ids:
             return ids, []
         vals = dict(zip(ids, map(_clip, raw[ids].tolist())))
@@ -142,7 +147,7 @@ class Sampler:
             vals[t] = v / rp if v > 0 else v * rp
         for t, c in counts.items():
             vals[t] -= p.presence_penalty + p.frequency_penalty * c
-        for t, b in p.logit_bias:  # in order: a repeated id adds twice
+        for t, b in self._bias:  # in order: a repeated id adds twice
             if 0 <= t < n:
                 vals[t] += b
         return ids, [_clip(vals[t]) for t in ids]
@@ -158,8 +163,8 @@ class Sampler:
         raw = np.asarray(logits)
         touched, vals = self._penalised(raw, history)
         n = raw.size
-        if _topk is not None and k <= NATIVE_MAX_K and raw.dtype == np.float32 and raw.flags.c_contiguous:
-            ids, best = _topk.top_k(raw, k, touched, vals)  # one pass in C: the same k, in the same order
+        if _native is not None and k <= NATIVE_MAX_K and raw.dtype == np.float32 and raw.flags.c_contiguous:
+            ids, best = _native.top_k(raw, k, touched, vals)  # one pass in C: the same k, in the same order
             return np.array(ids, dtype=np.int64), np.array(best)
         reaching = _reaching(raw, k, touched) if k + len(touched) < n else None
         if reaching is None:  # a short vocabulary, NaN or infinities: all of it, as it was

@@ -17,8 +17,10 @@ skipped with a printed reason when it is not there:
 Measures: decode tok/s at 1 and 2 threads (one stream); time to first token for 32-, 256- and
 1000-token prompts, cold (prefix reuse off) and on a prefix hit (the same prompt again, reuse
 on); aggregate decode tok/s at 1, 2 and 4 concurrent streams. Each round runs every peer once,
-back to back, so machine noise hits all alike; tables give medians and ratios to MiniVault on
-each of its engines.
+back to back, so machine noise hits all alike, in the listed order and reversed every other round;
+for decode and streams the peers are started in the listed order for the first half of the rounds
+and in reverse for the second (the one started first ran slower: see halves). Tables give medians
+and ratios to MiniVault on each of its engines.
 
     .venv/bin/python tests/benchmarks/bench_peers.py [--rounds 5] [--tokens 128] [--only decode,ttft,streams]
         [--peers minivault-llamacpp,llama-server]   (a subset, for longer paired runs of two peers)
@@ -301,26 +303,54 @@ def wanted(args) -> set[str]:
     return names
 
 
-def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int) -> list:
-    """Every peer that can run here, at `threads`; prints why each missing one is skipped."""
+def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int, reverse: bool = False) -> list:
+    """Every peer that can run here, at `threads`, started in the listed order (or reversed: see
+    halves); prints why each missing one is skipped."""
     want = wanted(args)
-    peers: list = [cls(model, tmp, threads) for cls in (MiniVault, CTransformers) if cls.name in want]
-    peers += minivault_llama(gguf, tmp, threads) if MiniVaultLlama.name in want else []
     binary = Path(args.llama_server)
-    if LlamaServer.name not in want:
-        pass
-    elif binary.is_file():
-        peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, threads))
-    else:
-        say(f"skip llama-server: no binary at {binary} (--llama-server PATH; build: see this script's docstring)")
-    for cls, needs in ((LlamaCppPython, "llama_cpp"), (Transformers, "torch, transformers")):
-        if cls.name not in want:
-            continue
-        try:
-            peers.append(cls(gguf, threads) if cls is LlamaCppPython else cls(model, threads))
-        except ImportError as exc:
-            say(f"skip {cls.name}: cannot import {needs} ({exc})")
-    return peers
+    makers = [(MiniVault.name, lambda: [MiniVault(model, tmp, threads)]),
+              (CTransformers.name, lambda: [CTransformers(model, tmp, threads)]),
+              (MiniVaultLlama.name, lambda: minivault_llama(gguf, tmp, threads)),
+              (LlamaServer.name, lambda: llama_server(binary, gguf, tmp, threads)),
+              (LlamaCppPython.name, lambda: optional(LlamaCppPython, "llama_cpp", gguf, threads)),
+              (Transformers.name, lambda: optional(Transformers, "torch, transformers", model, threads))]
+    return started([m for name, m in makers if name in want], reverse)
+
+
+def started(makers: list, reverse: bool) -> list:
+    """The peers the makers start, in their order or reversed, listed in their order either way."""
+    made = [m() for m in (reversed(makers) if reverse else makers)]
+    return [p for group in (reversed(made) if reverse else made) for p in group]
+
+
+def llama_server(binary: Path, gguf: Path, tmp: Path, threads: int, parallel: int = 1) -> list:
+    """[llama-server on `gguf`], or [] with the reason printed."""
+    if binary.is_file():
+        return [LlamaServer(llama_server_copy(binary, tmp), gguf, threads, parallel)]
+    say(f"skip llama-server: no binary at {binary} (--llama-server PATH; build: see this script's docstring)")
+    return []
+
+
+def optional(cls: type, needs: str, path: Path, threads: int) -> list:
+    """[cls(path, threads)], or [] with the reason printed when its library cannot be imported."""
+    try:
+        return [cls(path, threads)]
+    except ImportError as exc:
+        say(f"skip {cls.name}: cannot import {needs} ({exc})")
+        return []
+
+
+def halves(rounds: int) -> list[tuple[bool, range]]:
+    """The rounds in two halves, the peers started in the listed order for the first and reversed
+    for the second: on this machine, of two identical MiniVault servers the one started first
+    decoded 5-7% slower over a whole run (two llama-servers: 1%), whatever order each round took."""
+    first = (rounds + 1) // 2
+    return [(False, range(first)), (True, range(first, rounds))]
+
+
+def each_round(peers: list, n: int) -> list:
+    """The peers in this round's order: reversed every other round, so no one always goes first."""
+    return peers if n % 2 == 0 else peers[::-1]
 
 
 def table(title: str, rows: dict[str, list[float]], unit: str, higher_better: bool) -> None:
@@ -339,18 +369,19 @@ def table(title: str, rows: dict[str, list[float]], unit: str, higher_better: bo
 def bench_decode(args, model, gguf, tmp, results) -> None:
     text, ids = prompt_of(8)
     for threads in (1, 2):
-        peers = make_peers(args, model, gguf, tmp, threads)
-        try:
-            for p in peers:
-                p.run(text, ids, 8)  # warm up
-            rows: dict[str, list[float]] = {p.name: [] for p in peers}
-            for n in range(args.rounds):
+        rows: dict[str, list[float]] = {}
+        for reverse, rounds in halves(args.rounds):
+            peers = make_peers(args, model, gguf, tmp, threads, reverse)
+            try:
                 for p in peers:
-                    rows[p.name].append(p.run(text, ids, args.tokens)[1])
-                say(f"decode {threads}t round {n + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rows.items()))
-        finally:
-            for p in peers:
-                p.close()
+                    p.run(text, ids, 8)  # warm up
+                for n in rounds:
+                    for p in each_round(peers, n):
+                        rows.setdefault(p.name, []).append(p.run(text, ids, args.tokens)[1])
+                    say(f"decode {threads}t round {n + 1}: " + ", ".join(f"{k} {v[-1]:.1f}" for k, v in rows.items()))
+            finally:
+                for p in peers:
+                    p.close()
         results[f"decode_{threads}t"] = rows
         table(f"decode tok/s, {threads} thread(s), one stream, {args.tokens} tokens", rows, "tok/s", True)
 
@@ -384,27 +415,27 @@ def bench_ttft(args, model, gguf, tmp, results) -> None:
 
 def bench_streams(args, model, gguf, tmp, results) -> None:
     text, ids = prompt_of(8)
+    want = wanted(args)
     for streams in (1, 2, 4):
-        want = wanted(args)
-        peers: list = [MiniVault(model, tmp, threads=1, workers=min(streams, 2))] if MiniVault.name in want else []
-        peers += minivault_llama(gguf, tmp, args.threads, parallel=streams) if MiniVaultLlama.name in want else []
-        binary = Path(args.llama_server)
-        if LlamaServer.name in want and binary.is_file():
-            peers.append(LlamaServer(llama_server_copy(binary, tmp), gguf, args.threads, parallel=streams))
-        rows: dict[str, list[float]] = {p.name: [] for p in peers}
-        try:
-            for _ in range(args.rounds):
+        makers = [(MiniVault.name, lambda s=streams: [MiniVault(model, tmp, threads=1, workers=min(s, 2))]),
+                  (MiniVaultLlama.name, lambda s=streams: minivault_llama(gguf, tmp, args.threads, parallel=s)),
+                  (LlamaServer.name, lambda s=streams: llama_server(Path(args.llama_server), gguf, tmp, args.threads, s))]
+        rows: dict[str, list[float]] = {}
+        for reverse, rounds in halves(args.rounds):
+            peers = started([m for name, m in makers if name in want], reverse)
+            try:
+                for n in rounds:
+                    for p in each_round(peers, n):
+                        t0 = time.perf_counter()
+                        workers = [threading.Thread(target=p.run, args=(text, ids, args.tokens)) for _ in range(streams)]
+                        for w in workers:
+                            w.start()
+                        for w in workers:
+                            w.join()
+                        rows.setdefault(p.name, []).append(streams * args.tokens / (time.perf_counter() - t0))
+            finally:
                 for p in peers:
-                    t0 = time.perf_counter()
-                    workers = [threading.Thread(target=p.run, args=(text, ids, args.tokens)) for _ in range(streams)]
-                    for w in workers:
-                        w.start()
-                    for w in workers:
-                        w.join()
-                    rows[p.name].append(streams * args.tokens / (time.perf_counter() - t0))
-        finally:
-            for p in peers:
-                p.close()
+                    p.close()
         results[f"streams_{streams}"] = rows
         table(f"aggregate tok/s, {streams} concurrent stream(s) (minivault: {min(streams, 2)} worker(s) x 1 thread; "
               f"minivault-llamacpp: {streams} slot(s) x {args.threads} threads; llama-server: -np {streams} -t {args.threads})", rows, "tok/s", True)

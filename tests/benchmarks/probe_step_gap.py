@@ -88,8 +88,8 @@ def main() -> None:
     ap.add_argument("--numpy", action="store_true", help="find the top k with numpy, not the C module")
     args = ap.parse_args()
     if args.numpy:
-        sampling._topk = None
-    print(f"top k: {'C' if sampling._topk else 'numpy'}; {args.threads} threads")
+        sampling._native = None
+    print(f"top k: {'C' if sampling._native else 'numpy'}; {args.threads} threads")
     marks: list[tuple[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="minivault-gap-") as tmp:
         model = gpt2_small(Path(tmp) / "model.bin", "q4_0")

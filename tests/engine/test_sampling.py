@@ -15,10 +15,10 @@ NO_C = "the C top-k was not built (no C compiler or Python headers at install): 
 @pytest.fixture(autouse=True, params=["c", "numpy"])
 def top_k_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test here runs on both ways of finding the top k: the C pass (if built) and numpy."""
-    if request.param == "c" and sampling._topk is None:
+    if request.param == "c" and sampling._native is None:
         pytest.skip(NO_C)
     if request.param == "numpy":
-        monkeypatch.setattr(sampling, "_topk", None)
+        monkeypatch.setattr(sampling, "_native", None)
     return request.param
 
 

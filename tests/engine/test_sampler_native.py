@@ -1,4 +1,4 @@
-"""The sampler's top-k in C (service/engine/_topk.c) against numpy's, and its own argument checks."""
+"""The sampler's top-k in C (service/engine/_sampler.c) against numpy's, and its own argument checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from service.engine import sampling
 from service.engine.sampling import Sampler, SamplingParams
 
 pytestmark = pytest.mark.skipif(
-    sampling._topk is None, reason="the C top-k was not built (no C compiler or Python headers at install)")
+    sampling._native is None, reason="the C top-k was not built (no C compiler or Python headers at install)")
 
 
 def _cases(count: int):
@@ -38,14 +38,14 @@ def test_the_c_top_k_is_the_numpy_one(monkeypatch):
         sampler = Sampler(params)
         c_ids, c_vals = sampler._top(raw, history, k)
         with monkeypatch.context() as m:
-            m.setattr(sampling, "_topk", None)
+            m.setattr(sampling, "_native", None)
             with np.errstate(over="ignore", under="ignore"):
                 np_ids, np_vals = sampler._top(raw, history, k)
         assert np.array_equal(c_ids, np_ids) and np.array_equal(c_vals, np_vals), (raw.size, k, history)
 
 
 def test_the_c_top_k_refuses_what_it_cannot_rank():
-    top_k = sampling._topk.top_k
+    top_k = sampling._native.top_k
     logits = np.zeros(10, dtype=np.float32)
     with pytest.raises(TypeError, match="float32"):
         top_k(np.zeros(10), 3, [], [])
@@ -58,3 +58,35 @@ def test_the_c_top_k_refuses_what_it_cannot_rank():
     with pytest.raises(TypeError, match="same length"):
         top_k(logits, 3, [1], [])
     assert top_k(logits, 3, [5], [0.5]) == ([5, 0, 1], [0.5, 0.0, 0.0])
+
+
+def test_the_c_penalties_are_pythons(monkeypatch):
+    rng = np.random.default_rng(11)
+    for trial in range(1500):
+        n = int(rng.choice([5, 700, 50_257]))
+        raw = (rng.standard_normal(n) * 3).astype(np.float32)
+        raw[rng.integers(0, n, 3)] = [np.nan, np.inf, -np.inf]
+        history = [int(t) for t in rng.integers(-3, n + 3, int(rng.choice([0, 1, 70, 300])))]  # some outside
+        bias = tuple((int(t), float(b)) for t, b in zip(rng.integers(-2, n + 2, 4), rng.choice([1e30, -5.0, 0.1], 4)))
+        params = SamplingParams(repetition_penalty=float(rng.choice([1.0, 1.1, 1e-300, 3.0])),
+                                presence_penalty=float(rng.choice([0.0, -2.0, 0.5])),
+                                frequency_penalty=float(rng.choice([0.0, 0.5, 2.0])),
+                                logit_bias=bias + bias[:1] if trial % 2 else ())  # a repeated id adds twice
+        sampler = Sampler(params, prompt_len=int(rng.integers(0, 80)))
+        c = sampler._penalised(raw, history)
+        with monkeypatch.context() as m:
+            m.setattr(sampling, "_native", None)
+            py = sampler._penalised(raw, history)
+        assert c == py, (n, history[-5:], params)
+
+
+def test_the_c_penalties_refuse_what_they_cannot_read():
+    penalised = sampling._native.penalised
+    logits = np.zeros(10, dtype=np.float32)
+    with pytest.raises(TypeError, match="float32"):
+        penalised(np.zeros(10), [], 0, 1.1, 0.0, 0.0, ())
+    with pytest.raises(TypeError, match="history must be a list"):
+        penalised(logits, (1, 2), 0, 1.1, 0.0, 0.0, ())
+    with pytest.raises(TypeError, match="pairs"):
+        penalised(logits, [], 0, 1.1, 0.0, 0.0, ((1, 2.0, 3),))
+    assert penalised(logits, [3, 3, 99], 0, 2.0, 0.0, 1.0, ((3, 0.5), (-1, 9.0))) == ([3], [-2.0 + 0.5])

@@ -1,0 +1,314 @@
+/* MiniVault's sampler's hot path (service/engine/sampling.py) in C: what runs on every token
+ * right after a model step, when the caches are cold and each numpy call costs microseconds.
+ *
+ * penalised(...): the ids the repetition, presence and frequency penalties and the logit bias
+ * touch, and their adjusted logits, with the same double operations in the same order as
+ * Sampler._penalised (built with -ffp-contract=off: no fused multiply-add), so the same values.
+ *
+ * top_k(logits, k, ids, values) -> (ids, values): the k best tokens by adjusted logit, best
+ * first, ties to the lower id, exactly as Sampler._top finds them with numpy: an untouched
+ * token's adjusted logit is its float32 logit as a double, NaN as -1e300 and clipped to
+ * +-1e300; a touched one's is given. Comparisons only: the same tokens in the same order.
+ *
+ * An optional build: without a C compiler or Python's headers at install, sampling.py does the
+ * same in Python and numpy.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BIG 1e300
+
+typedef struct {
+    double v;
+    long long id;
+} cand;
+
+/* a ranks below b: a lower value, or the same value and a higher id */
+static inline int worse(const cand *a, const cand *b) {
+    return a->v < b->v || (a->v == b->v && a->id > b->id);
+}
+
+/* NaN as -BIG, everything clipped to +-BIG (sampling.py's _finite) */
+static inline double clip(double x) {
+    return (x >= -BIG && x <= BIG) ? x : (x > BIG ? BIG : -BIG);
+}
+
+/* the largest float not above v: a logit below it ranks below v */
+static inline float floor_of(double v) {
+    float f = (float)v;
+    if ((double)f > v)
+        f = nextafterf(f, -INFINITY);
+    return f;
+}
+
+/* heap[0] is the worst of the k kept */
+static void sift_down(cand *h, Py_ssize_t n, Py_ssize_t i) {
+    for (;;) {
+        Py_ssize_t l = 2 * i + 1, r = l + 1, w = i;
+        if (l < n && worse(&h[l], &h[w])) w = l;
+        if (r < n && worse(&h[r], &h[w])) w = r;
+        if (w == i) return;
+        cand t = h[i]; h[i] = h[w]; h[w] = t;
+        i = w;
+    }
+}
+
+static void push(cand *h, Py_ssize_t *size, cand c) {
+    Py_ssize_t i = (*size)++;
+    h[i] = c;
+    while (i > 0) {
+        Py_ssize_t p = (i - 1) / 2;
+        if (!worse(&h[i], &h[p])) return;
+        cand t = h[i]; h[i] = h[p]; h[p] = t;
+        i = p;
+    }
+}
+
+/* keep c if it ranks among the k best so far; returns whether the worst kept changed */
+static int offer(cand *h, Py_ssize_t *size, Py_ssize_t k, cand c) {
+    if (*size < k) {
+        push(h, size, c);
+        return *size == k;
+    }
+    if (!worse(&h[0], &c)) return 0;
+    h[0] = c;
+    sift_down(h, k, 0);
+    return 1;
+}
+
+static int is_float32(const Py_buffer *view) {
+    const char *f = view->format;
+    if (view->itemsize != 4 || view->ndim != 1 || f == NULL) return 0;
+    if (*f == '<' || *f == '=' || *f == '@') f++;  /* x86-64 and arm64: little-endian, native */
+    return strcmp(f, "f") == 0;
+}
+
+static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "top_k(logits, k, ids, values) takes 4 arguments");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    PyObject *out = NULL, *out_ids = NULL, *out_vals = NULL;
+    cand *heap = NULL;
+    long long *tids = NULL;
+    Py_ssize_t n = view.len / 4, k = PyLong_AsSsize_t(args[1]);
+    PyObject *ids = args[2], *vals = args[3];
+    if (!is_float32(&view)) {
+        PyErr_SetString(PyExc_TypeError, "logits must be a one-dimensional float32 buffer");
+        goto done;
+    }
+    if (k == -1 && PyErr_Occurred()) goto done;
+    if (k < 1 || k > n) {
+        PyErr_Format(PyExc_ValueError, "k is %zd: 1 to %zd (the logits) fit", k, n);
+        goto done;
+    }
+    if (!PyList_Check(ids) || !PyList_Check(vals) || PyList_GET_SIZE(ids) != PyList_GET_SIZE(vals)) {
+        PyErr_SetString(PyExc_TypeError, "ids and values must be lists of the same length");
+        goto done;
+    }
+    Py_ssize_t m = PyList_GET_SIZE(ids);
+    heap = PyMem_Malloc((size_t)k * sizeof(cand));
+    tids = PyMem_Malloc((size_t)(m ? m : 1) * sizeof(long long));
+    if (heap == NULL || tids == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t size = 0;
+    for (Py_ssize_t t = 0; t < m; t++) {
+        long long id = PyLong_AsLongLong(PyList_GET_ITEM(ids, t));
+        double v = PyFloat_AsDouble(PyList_GET_ITEM(vals, t));
+        if (PyErr_Occurred()) goto done;
+        if (id < 0 || id >= n || (t && id <= tids[t - 1])) {
+            PyErr_SetString(PyExc_ValueError, "ids must be sorted, unique and inside the logits");
+            goto done;
+        }
+        tids[t] = id;
+        cand c = {v, id};
+        offer(heap, &size, k, c);
+    }
+    const float *raw = view.buf;
+    float floor = size == k ? floor_of(heap[0].v) : -INFINITY;
+    Py_ssize_t j = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        float x = raw[i];
+        if (size == k && x < floor) continue;  /* most logits: one comparison (NaN goes on) */
+        while (j < m && tids[j] < i) j++;
+        if (j < m && tids[j] == i) continue;  /* touched: its value is already in */
+        cand c = {clip((double)x), i};
+        if (offer(heap, &size, k, c)) floor = floor_of(heap[0].v);
+    }
+    out_ids = PyList_New(size);
+    out_vals = PyList_New(size);
+    if (out_ids == NULL || out_vals == NULL) goto done;
+    for (Py_ssize_t s = size; s > 0; s--) {  /* the worst comes off first: fill from the back */
+        PyObject *id = PyLong_FromLongLong(heap[0].id), *v = PyFloat_FromDouble(heap[0].v);
+        if (id == NULL || v == NULL) {
+            Py_XDECREF(id);
+            Py_XDECREF(v);
+            goto done;
+        }
+        PyList_SET_ITEM(out_ids, s - 1, id);
+        PyList_SET_ITEM(out_vals, s - 1, v);
+        heap[0] = heap[s - 1];
+        sift_down(heap, s - 1, 0);
+    }
+    out = PyTuple_Pack(2, out_ids, out_vals);
+done:
+    Py_XDECREF(out_ids);
+    Py_XDECREF(out_vals);
+    PyMem_Free(heap);
+    PyMem_Free(tids);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static int cmp_ll(const void *a, const void *b) {
+    long long x = *(const long long *)a, y = *(const long long *)b;
+    return (x > y) - (x < y);
+}
+
+/* ids[0..n) sorted in place, duplicates dropped; returns how many are left */
+static Py_ssize_t sort_unique(long long *ids, Py_ssize_t n) {
+    qsort(ids, (size_t)n, sizeof(long long), cmp_ll);
+    Py_ssize_t u = 0;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (u == 0 || ids[i] != ids[u - 1]) ids[u++] = ids[i];
+    return u;
+}
+
+static Py_ssize_t find(const long long *ids, Py_ssize_t n, long long id) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (ids[mid] < id) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* history[start:] that lies inside the vocabulary, as C integers; -1 on error */
+static Py_ssize_t tokens_of(PyObject *history, Py_ssize_t start, Py_ssize_t n, long long *out) {
+    Py_ssize_t m = 0, len = PyList_GET_SIZE(history);
+    for (Py_ssize_t i = start < 0 ? 0 : start; i < len; i++) {
+        long long t = PyLong_AsLongLong(PyList_GET_ITEM(history, i));
+        if (t == -1 && PyErr_Occurred()) return -1;
+        if (t >= 0 && t < n) out[m++] = t;
+    }
+    return m;
+}
+
+/* penalised(logits, history, prompt_len, repetition, presence, frequency, bias) -> (ids, values):
+ * Sampler._penalised in C, the same double operations in the same order (so the same values):
+ * the ids the penalties and bias touch, sorted, and their adjusted logits. */
+static PyObject *penalised(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "penalised(logits, history, prompt_len, repetition, presence, frequency, bias)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
+    PyObject *out = NULL, *out_ids = NULL, *out_vals = NULL, *history = args[1], *bias = args[6];
+    long long *buf = NULL;
+    double *vals = NULL;
+    Py_ssize_t n = view.len / 4, prompt_len = PyLong_AsSsize_t(args[2]);
+    double rp = PyFloat_AsDouble(args[3]), pp = PyFloat_AsDouble(args[4]), fp = PyFloat_AsDouble(args[5]);
+    if (PyErr_Occurred()) goto done;
+    if (!is_float32(&view)) {
+        PyErr_SetString(PyExc_TypeError, "logits must be a one-dimensional float32 buffer");
+        goto done;
+    }
+    if (!PyList_Check(history) || !PyTuple_Check(bias)) {
+        PyErr_SetString(PyExc_TypeError, "history must be a list and bias a tuple of (id, value) pairs");
+        goto done;
+    }
+    Py_ssize_t len = PyList_GET_SIZE(history), nb = PyTuple_GET_SIZE(bias);
+    Py_ssize_t window = len < 64 ? len : 64, generated = len > prompt_len ? len - prompt_len : 0;
+    int repeat = rp != 1.0 && len > 0, count = (pp != 0.0 || fp != 0.0) && generated > 0;
+    /* buf: seen | generated (sorted, for the counts) | bias ids | the union of all three */
+    Py_ssize_t cap = window + generated + nb;
+    buf = PyMem_Malloc((size_t)(2 * cap + 1) * sizeof(long long));
+    if (buf == NULL) { PyErr_NoMemory(); goto done; }
+    long long *seen = buf, *gen = buf + window, *bid = gen + generated, *all = bid + nb;
+    Py_ssize_t ns = 0, ng = 0, nbi = 0;
+    if (repeat && (ns = tokens_of(history, len - window, n, seen)) < 0) goto done;
+    ns = sort_unique(seen, ns);
+    if (count && (ng = tokens_of(history, prompt_len, n, gen)) < 0) goto done;
+    qsort(gen, (size_t)ng, sizeof(long long), cmp_ll);
+    for (Py_ssize_t i = 0; i < nb; i++) {
+        PyObject *pair = PyTuple_GET_ITEM(bias, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "bias must hold (id, value) pairs");
+            goto done;
+        }
+        long long t = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0));
+        if (t == -1 && PyErr_Occurred()) goto done;
+        if (t >= 0 && t < n) bid[nbi++] = t;
+    }
+    Py_ssize_t na = 0;
+    memcpy(all, seen, (size_t)ns * sizeof(long long)); na += ns;
+    memcpy(all + na, gen, (size_t)ng * sizeof(long long)); na += ng;
+    memcpy(all + na, bid, (size_t)nbi * sizeof(long long)); na += nbi;
+    na = sort_unique(all, na);
+    vals = PyMem_Malloc((size_t)(na ? na : 1) * sizeof(double));
+    if (vals == NULL) { PyErr_NoMemory(); goto done; }
+    const float *raw = view.buf;
+    for (Py_ssize_t i = 0; i < na; i++) vals[i] = clip((double)raw[all[i]]);
+    for (Py_ssize_t i = 0; i < ns; i++) {
+        double *v = &vals[find(all, na, seen[i])];
+        *v = *v > 0 ? *v / rp : *v * rp;
+    }
+    for (Py_ssize_t i = 0; i < ng;) {  /* gen is sorted: each id's run is its count */
+        Py_ssize_t j = i;
+        while (j < ng && gen[j] == gen[i]) j++;
+        vals[find(all, na, gen[i])] -= pp + fp * (double)(j - i);
+        i = j;
+    }
+    for (Py_ssize_t i = 0; i < nb; i++) {  /* in order: a repeated id adds twice */
+        PyObject *pair = PyTuple_GET_ITEM(bias, i);
+        long long t = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0));
+        double b = PyFloat_AsDouble(PyTuple_GET_ITEM(pair, 1));
+        if (PyErr_Occurred()) goto done;
+        if (t >= 0 && t < n) vals[find(all, na, t)] += b;
+    }
+    out_ids = PyList_New(na);
+    out_vals = PyList_New(na);
+    if (out_ids == NULL || out_vals == NULL) goto done;
+    for (Py_ssize_t i = 0; i < na; i++) {
+        PyObject *id = PyLong_FromLongLong(all[i]), *v = PyFloat_FromDouble(clip(vals[i]));
+        if (id == NULL || v == NULL) {
+            Py_XDECREF(id);
+            Py_XDECREF(v);
+            goto done;
+        }
+        PyList_SET_ITEM(out_ids, i, id);
+        PyList_SET_ITEM(out_vals, i, v);
+    }
+    out = PyTuple_Pack(2, out_ids, out_vals);
+done:
+    Py_XDECREF(out_ids);
+    Py_XDECREF(out_vals);
+    PyMem_Free(buf);
+    PyMem_Free(vals);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"top_k", (PyCFunction)(void (*)(void))top_k, METH_FASTCALL,
+     "top_k(logits, k, ids, values) -> (ids, values): the k best tokens by adjusted logit, best first."},
+    {"penalised", (PyCFunction)(void (*)(void))penalised, METH_FASTCALL,
+     "penalised(logits, history, prompt_len, repetition, presence, frequency, bias) -> (ids, values)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, .m_name = "_sampler", .m_doc = "The sampler's hot path in C.", .m_size = -1, .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__sampler(void) { return PyModule_Create(&module); }
