@@ -28,7 +28,7 @@ except ImportError:
 REPEAT_LAST_N = 64  # how many recent tokens the repetition penalty looks at (llama.cpp's default)
 STRIDE = 16  # the sample _reaching takes its floor from (measured: 16 is fastest for k up to ~100)
 _BIG = 1e300  # logits are clipped to +-_BIG: any finite shift of them stays finite
-# The penalties run in Python floats, which never warn; the logits numpy then divides by the
+# The penalties run in C or in Python floats, which never warn; the logits numpy then divides by the
 # temperature lie within 2 * _BIG of 0, so a temperature from this up cannot overflow, and no
 # errstate (as costly as a small numpy call right after a model step) is needed
 QUIET_TEMPERATURE = 1e-6
