@@ -86,6 +86,36 @@ static int is_float32(const Py_buffer *view) {
     return strcmp(f, "f") == 0;
 }
 
+/* the logits' buffer, or -1 with TypeError (nothing held) unless it is contiguous float32 */
+static int logits_buffer(PyObject *obj, Py_buffer *view) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    if (is_float32(view)) return 0;
+    PyBuffer_Release(view);
+    PyErr_SetString(PyExc_TypeError, "logits must be a one-dimensional float32 buffer");
+    return -1;
+}
+
+/* (ids, values): two lists from n candidates, in their order */
+static PyObject *id_value_lists(const cand *c, Py_ssize_t n) {
+    PyObject *out = NULL, *ids = PyList_New(n), *vals = PyList_New(n);
+    if (ids == NULL || vals == NULL) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *id = PyLong_FromLongLong(c[i].id), *v = PyFloat_FromDouble(c[i].v);
+        if (id == NULL || v == NULL) {
+            Py_XDECREF(id);
+            Py_XDECREF(v);
+            goto done;
+        }
+        PyList_SET_ITEM(ids, i, id);
+        PyList_SET_ITEM(vals, i, v);
+    }
+    out = PyTuple_Pack(2, ids, vals);
+done:
+    Py_XDECREF(ids);
+    Py_XDECREF(vals);
+    return out;
+}
+
 static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 4) {
@@ -93,16 +123,12 @@ static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    PyObject *out = NULL, *out_ids = NULL, *out_vals = NULL;
+    if (logits_buffer(args[0], &view) < 0) return NULL;
+    PyObject *out = NULL;
     cand *heap = NULL;
     long long *tids = NULL;
     Py_ssize_t n = view.len / 4, k = PyLong_AsSsize_t(args[1]);
     PyObject *ids = args[2], *vals = args[3];
-    if (!is_float32(&view)) {
-        PyErr_SetString(PyExc_TypeError, "logits must be a one-dimensional float32 buffer");
-        goto done;
-    }
     if (k == -1 && PyErr_Occurred()) goto done;
     if (k < 1 || k > n) {
         PyErr_Format(PyExc_ValueError, "k is %zd: 1 to %zd (the logits) fit", k, n);
@@ -143,25 +169,12 @@ static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         cand c = {clip((double)x), i};
         if (offer(heap, &size, k, c)) floor = floor_of(heap[0].v);
     }
-    out_ids = PyList_New(size);
-    out_vals = PyList_New(size);
-    if (out_ids == NULL || out_vals == NULL) goto done;
-    for (Py_ssize_t s = size; s > 0; s--) {  /* the worst comes off first: fill from the back */
-        PyObject *id = PyLong_FromLongLong(heap[0].id), *v = PyFloat_FromDouble(heap[0].v);
-        if (id == NULL || v == NULL) {
-            Py_XDECREF(id);
-            Py_XDECREF(v);
-            goto done;
-        }
-        PyList_SET_ITEM(out_ids, s - 1, id);
-        PyList_SET_ITEM(out_vals, s - 1, v);
-        heap[0] = heap[s - 1];
+    for (Py_ssize_t s = size; s > 1; s--) {  /* heap sort: the worst goes to the back, best first */
+        cand t = heap[0]; heap[0] = heap[s - 1]; heap[s - 1] = t;
         sift_down(heap, s - 1, 0);
     }
-    out = PyTuple_Pack(2, out_ids, out_vals);
+    out = id_value_lists(heap, size);
 done:
-    Py_XDECREF(out_ids);
-    Py_XDECREF(out_vals);
     PyMem_Free(heap);
     PyMem_Free(tids);
     PyBuffer_Release(&view);
@@ -212,17 +225,13 @@ static PyObject *penalised(PyObject *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     Py_buffer view;
-    if (PyObject_GetBuffer(args[0], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return NULL;
-    PyObject *out = NULL, *out_ids = NULL, *out_vals = NULL, *history = args[1], *bias = args[6];
+    if (logits_buffer(args[0], &view) < 0) return NULL;
+    PyObject *out = NULL, *history = args[1], *bias = args[6];
     long long *buf = NULL;
-    double *vals = NULL;
+    cand *vals = NULL;  /* each touched id with its logit as the penalties adjust it */
     Py_ssize_t n = view.len / 4, prompt_len = PyLong_AsSsize_t(args[2]);
     double rp = PyFloat_AsDouble(args[3]), pp = PyFloat_AsDouble(args[4]), fp = PyFloat_AsDouble(args[5]);
     if (PyErr_Occurred()) goto done;
-    if (!is_float32(&view)) {
-        PyErr_SetString(PyExc_TypeError, "logits must be a one-dimensional float32 buffer");
-        goto done;
-    }
     if (!PyList_Check(history) || !PyTuple_Check(bias)) {
         PyErr_SetString(PyExc_TypeError, "history must be a list and bias a tuple of (id, value) pairs");
         goto done;
@@ -255,18 +264,21 @@ static PyObject *penalised(PyObject *self, PyObject *const *args, Py_ssize_t nar
     memcpy(all + na, gen, (size_t)ng * sizeof(long long)); na += ng;
     memcpy(all + na, bid, (size_t)nbi * sizeof(long long)); na += nbi;
     na = sort_unique(all, na);
-    vals = PyMem_Malloc((size_t)(na ? na : 1) * sizeof(double));
+    vals = PyMem_Malloc((size_t)(na ? na : 1) * sizeof(cand));
     if (vals == NULL) { PyErr_NoMemory(); goto done; }
     const float *raw = view.buf;
-    for (Py_ssize_t i = 0; i < na; i++) vals[i] = clip((double)raw[all[i]]);
+    for (Py_ssize_t i = 0; i < na; i++) {
+        vals[i].id = all[i];
+        vals[i].v = clip((double)raw[all[i]]);
+    }
     for (Py_ssize_t i = 0; i < ns; i++) {
-        double *v = &vals[find(all, na, seen[i])];
+        double *v = &vals[find(all, na, seen[i])].v;
         *v = *v > 0 ? *v / rp : *v * rp;
     }
     for (Py_ssize_t i = 0; i < ng;) {  /* gen is sorted: each id's run is its count */
         Py_ssize_t j = i;
         while (j < ng && gen[j] == gen[i]) j++;
-        vals[find(all, na, gen[i])] -= pp + fp * (double)(j - i);
+        vals[find(all, na, gen[i])].v -= pp + fp * (double)(j - i);
         i = j;
     }
     for (Py_ssize_t i = 0; i < nb; i++) {  /* in order: a repeated id adds twice */
@@ -274,25 +286,11 @@ static PyObject *penalised(PyObject *self, PyObject *const *args, Py_ssize_t nar
         long long t = PyLong_AsLongLong(PyTuple_GET_ITEM(pair, 0));
         double b = PyFloat_AsDouble(PyTuple_GET_ITEM(pair, 1));
         if (PyErr_Occurred()) goto done;
-        if (t >= 0 && t < n) vals[find(all, na, t)] += b;
+        if (t >= 0 && t < n) vals[find(all, na, t)].v += b;
     }
-    out_ids = PyList_New(na);
-    out_vals = PyList_New(na);
-    if (out_ids == NULL || out_vals == NULL) goto done;
-    for (Py_ssize_t i = 0; i < na; i++) {
-        PyObject *id = PyLong_FromLongLong(all[i]), *v = PyFloat_FromDouble(clip(vals[i]));
-        if (id == NULL || v == NULL) {
-            Py_XDECREF(id);
-            Py_XDECREF(v);
-            goto done;
-        }
-        PyList_SET_ITEM(out_ids, i, id);
-        PyList_SET_ITEM(out_vals, i, v);
-    }
-    out = PyTuple_Pack(2, out_ids, out_vals);
+    for (Py_ssize_t i = 0; i < na; i++) vals[i].v = clip(vals[i].v);
+    out = id_value_lists(vals, na);
 done:
-    Py_XDECREF(out_ids);
-    Py_XDECREF(out_vals);
     PyMem_Free(buf);
     PyMem_Free(vals);
     PyBuffer_Release(&view);

@@ -127,7 +127,7 @@ class Sampler:
         order as on the whole vocabulary: the same values.
         """
         p = self.params
-        if _native is not None and type(history) is list and raw.dtype == np.float32 and raw.flags.c_contiguous:
+        if type(history) is list and _in_c(raw):
             return _native.penalised(raw, history, self.prompt_len, p.repetition_penalty, p.presence_penalty,
                                      p.frequency_penalty, self._bias)  # the same, in C
         n = len(raw)
@@ -163,7 +163,7 @@ class Sampler:
         raw = np.asarray(logits)
         touched, vals = self._penalised(raw, history)
         n = raw.size
-        if _native is not None and k <= NATIVE_MAX_K and raw.dtype == np.float32 and raw.flags.c_contiguous:
+        if k <= NATIVE_MAX_K and _in_c(raw):
             ids, best = _native.top_k(raw, k, touched, vals)  # one pass in C: the same k, in the same order
             return np.array(ids, dtype=np.int64), np.array(best)
         reaching = _reaching(raw, k, touched) if k + len(touched) < n else None
@@ -231,6 +231,11 @@ def _reaching(raw: np.ndarray, k: int, exclude: list[int]) -> tuple[np.ndarray, 
         return None
     keep = vals >= cut
     return ids[keep], vals[keep]
+
+
+def _in_c(raw: np.ndarray) -> bool:
+    """Whether _sampler.c was built and can read these logits (contiguous float32, as engines give them)."""
+    return _native is not None and raw.dtype == np.float32 and raw.flags.c_contiguous
 
 
 def _clip(v: float) -> float:

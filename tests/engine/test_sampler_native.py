@@ -1,4 +1,4 @@
-"""The sampler's top-k in C (service/engine/_sampler.c) against numpy's, and its own argument checks."""
+"""The sampler's penalties and top-k in C (engine/_sampler.c) against Python and numpy; its argument checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from service.engine import sampling
 from service.engine.sampling import Sampler, SamplingParams
 
 pytestmark = pytest.mark.skipif(
-    sampling._native is None, reason="the C top-k was not built (no C compiler or Python headers at install)")
+    sampling._native is None, reason="the C sampler (_sampler.c) was not built (no C compiler or Python headers at install)")
 
 
 def _cases(count: int):

@@ -9,12 +9,12 @@ from service.engine import sampling
 from service.engine.sampling import STRIDE, Sampler, SamplingParams, _reaching
 
 LOGITS = np.array([1.0, 3.0, 2.0, -1.0, 2.9], dtype=np.float32)
-NO_C = "the C top-k was not built (no C compiler or Python headers at install): numpy finds it"
+NO_C = "the C sampler (_sampler.c) was not built (no C compiler or Python headers at install)"
 
 
 @pytest.fixture(autouse=True, params=["c", "numpy"])
 def top_k_in(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test here runs on both ways of finding the top k: the C pass (if built) and numpy."""
+    """Every test here runs on both paths: penalties and top-k in C (if built), and in Python and numpy."""
     if request.param == "c" and sampling._native is None:
         pytest.skip(NO_C)
     if request.param == "numpy":
