@@ -10,6 +10,9 @@
  * token's adjusted logit is its float32 logit as a double, NaN as -1e300 and clipped to
  * +-1e300; a touched one's is given. Comparisons only: the same tokens in the same order.
  *
+ * sample(logits, k, ids, values, temperature, top_p, u) -> id: top_k, then temperature, softmax,
+ * top-p and the draw with the uniform u, exactly as Sampler._drawn does them.
+ *
  * An optional build: without a C compiler or Python's headers at install, sampling.py does the
  * same in Python and numpy.
  */
@@ -116,49 +119,38 @@ done:
     return out;
 }
 
-static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "top_k(logits, k, ids, values) takes 4 arguments");
-        return NULL;
-    }
-    Py_buffer view;
-    if (logits_buffer(args[0], &view) < 0) return NULL;
-    PyObject *out = NULL;
-    cand *heap = NULL;
+/* the k best of the logits with the touched (ids, values) in place of theirs, best first, into
+ * heap (k long); returns how many (k), or -1 with an exception set */
+static Py_ssize_t best_k(const Py_buffer *view, Py_ssize_t k, PyObject *ids, PyObject *vals, cand *heap) {
+    Py_ssize_t n = view->len / 4, size = 0, m;
     long long *tids = NULL;
-    Py_ssize_t n = view.len / 4, k = PyLong_AsSsize_t(args[1]);
-    PyObject *ids = args[2], *vals = args[3];
-    if (k == -1 && PyErr_Occurred()) goto done;
     if (k < 1 || k > n) {
         PyErr_Format(PyExc_ValueError, "k is %zd: 1 to %zd (the logits) fit", k, n);
-        goto done;
+        return -1;
     }
     if (!PyList_Check(ids) || !PyList_Check(vals) || PyList_GET_SIZE(ids) != PyList_GET_SIZE(vals)) {
         PyErr_SetString(PyExc_TypeError, "ids and values must be lists of the same length");
-        goto done;
+        return -1;
     }
-    Py_ssize_t m = PyList_GET_SIZE(ids);
-    heap = PyMem_Malloc((size_t)k * sizeof(cand));
+    m = PyList_GET_SIZE(ids);
     tids = PyMem_Malloc((size_t)(m ? m : 1) * sizeof(long long));
-    if (heap == NULL || tids == NULL) {
+    if (tids == NULL) {
         PyErr_NoMemory();
-        goto done;
+        return -1;
     }
-    Py_ssize_t size = 0;
     for (Py_ssize_t t = 0; t < m; t++) {
         long long id = PyLong_AsLongLong(PyList_GET_ITEM(ids, t));
         double v = PyFloat_AsDouble(PyList_GET_ITEM(vals, t));
-        if (PyErr_Occurred()) goto done;
+        if (PyErr_Occurred()) goto fail;
         if (id < 0 || id >= n || (t && id <= tids[t - 1])) {
             PyErr_SetString(PyExc_ValueError, "ids must be sorted, unique and inside the logits");
-            goto done;
+            goto fail;
         }
         tids[t] = id;
         cand c = {v, id};
         offer(heap, &size, k, c);
     }
-    const float *raw = view.buf;
+    const float *raw = view->buf;
     float floor = size == k ? floor_of(heap[0].v) : -INFINITY;
     Py_ssize_t j = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -173,10 +165,114 @@ static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         cand t = heap[0]; heap[0] = heap[s - 1]; heap[s - 1] = t;
         sift_down(heap, s - 1, 0);
     }
-    out = id_value_lists(heap, size);
-done:
-    PyMem_Free(heap);
     PyMem_Free(tids);
+    return size;
+fail:
+    PyMem_Free(tids);
+    return -1;
+}
+
+/* the logits' buffer and k from args[0] and args[1], and a heap of k; -1 with an exception set */
+static int logits_and_k(PyObject *const *args, Py_buffer *view, Py_ssize_t *k, cand **heap) {
+    if (logits_buffer(args[0], view) < 0) return -1;
+    *k = PyLong_AsSsize_t(args[1]);
+    if (*k == -1 && PyErr_Occurred()) goto fail;
+    *heap = PyMem_Malloc((size_t)(*k > 0 ? *k : 1) * sizeof(cand));
+    if (*heap != NULL) return 0;
+    PyErr_NoMemory();
+fail:
+    PyBuffer_Release(view);
+    return -1;
+}
+
+static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "top_k(logits, k, ids, values) takes 4 arguments");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t k;
+    cand *heap;
+    if (logits_and_k(args, &view, &k, &heap) < 0) return NULL;
+    Py_ssize_t size = best_k(&view, k, args[2], args[3], heap);
+    PyObject *out = size < 0 ? NULL : id_value_lists(heap, size);
+    PyMem_Free(heap);
+    PyBuffer_Release(&view);
+    return out;
+}
+
+/* numpy's sum of n doubles (np.add.reduce: 0.0 plus its pairwise sum, blocks of 8 up to 128), so
+ * the same bits as sampling.py's probs.sum() */
+static double pairwise_sum(const double *a, Py_ssize_t n) {
+    if (n < 8) {
+        double res = 0.;
+        for (Py_ssize_t i = 0; i < n; i++) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        double r[8];
+        Py_ssize_t i;
+        for (int j = 0; j < 8; j++) r[j] = a[j];
+        for (i = 8; i < n - (n % 8); i += 8)
+            for (int j = 0; j < 8; j++) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    Py_ssize_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return pairwise_sum(a, n2) + pairwise_sum(a + n2, n - n2);
+}
+
+/* sample(logits, k, ids, values, temperature, top_p, u) -> the id drawn among the k best with the
+ * uniform u: Sampler._top, then _drawn, in C: the same double operations in the same order
+ * (libm's exp, numpy's pairwise sums, sequential cumulative sums), so the same token for a seed */
+static PyObject *sample(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "sample(logits, k, ids, values, temperature, top_p, u) takes 7 arguments");
+        return NULL;
+    }
+    double temperature = PyFloat_AsDouble(args[4]), top_p = PyFloat_AsDouble(args[5]), u = PyFloat_AsDouble(args[6]);
+    if (PyErr_Occurred()) return NULL;
+    if (!(temperature > 0.0) || !(u >= 0.0 && u < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "temperature must be above 0 and u in [0, 1)");
+        return NULL;
+    }
+    Py_buffer view;
+    Py_ssize_t k;
+    cand *heap;
+    if (logits_and_k(args, &view, &k, &heap) < 0) return NULL;
+    PyObject *out = NULL;
+    double *p = NULL;
+    Py_ssize_t n = best_k(&view, k, args[2], args[3], heap);
+    if (n < 0) goto done;
+    p = PyMem_Malloc((size_t)n * sizeof(double));
+    if (p == NULL) { PyErr_NoMemory(); goto done; }
+    double best = heap[0].v, s;
+    for (Py_ssize_t i = 0; i < n; i++) p[i] = exp((heap[i].v - best) / temperature);  /* p[0] == 1 */
+    s = pairwise_sum(p, n);
+    for (Py_ssize_t i = 0; i < n; i++) p[i] /= s;
+    if (top_p < 1.0) {  /* keep the fewest whose cumulative mass reaches top_p */
+        Py_ssize_t keep = 0;
+        double c = 0.;
+        for (; keep < n; keep++) {
+            c = keep ? c + p[keep] : p[0];
+            if (c >= top_p) break;
+        }
+        n = keep < n ? keep + 1 : n;
+        s = pairwise_sum(p, n);
+        for (Py_ssize_t i = 0; i < n; i++) p[i] /= s;
+    }
+    for (Py_ssize_t i = 1; i < n; i++) p[i] += p[i - 1];  /* the cdf, normalised by its last value */
+    double last = p[n - 1];
+    Py_ssize_t at = 0;
+    while (at < n - 1 && !(p[at] / last > u)) at++;
+    out = PyLong_FromLongLong(heap[at].id);
+done:
+    PyMem_Free(p);
+    PyMem_Free(heap);
     PyBuffer_Release(&view);
     return out;
 }
@@ -300,6 +396,8 @@ done:
 static PyMethodDef methods[] = {
     {"top_k", (PyCFunction)(void (*)(void))top_k, METH_FASTCALL,
      "top_k(logits, k, ids, values) -> (ids, values): the k best tokens by adjusted logit, best first."},
+    {"sample", (PyCFunction)(void (*)(void))sample, METH_FASTCALL,
+     "sample(logits, k, ids, values, temperature, top_p, u) -> id: a token drawn among the k best."},
     {"penalised", (PyCFunction)(void (*)(void))penalised, METH_FASTCALL,
      "penalised(logits, history, prompt_len, repetition, presence, frequency, bias) -> (ids, values)."},
     {NULL, NULL, 0, NULL},

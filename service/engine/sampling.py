@@ -6,13 +6,14 @@ best one is 0 before dividing by the temperature, so no value (however small) gi
 
 Only the few ids a penalty or bias names are adjusted, and only the top-k candidates (found on the
 model's float32 logits) go through temperature, softmax, top-p and the draw, in float64. The values
-are the same as working on the whole vocabulary in float64, so a seed draws the same tokens as
-before; the one rule made explicit is ties: among equal adjusted logits the lower id ranks first
+are the same as working on the whole vocabulary in float64 (but for exp, libm's on every machine:
+see _drawn), so a seed draws the same tokens as before; the one rule made explicit is ties: among equal adjusted logits the lower id ranks first
 (for the k-th place, for the order the draw walks, and for greedy, which was np.argmax's rule).
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 from collections import Counter
 from typing import Sequence
@@ -184,24 +185,31 @@ class Sampler:
         if p.temperature == 0.0:
             return int(self._top(logits, history, 1)[0][0])  # the argmax of the adjusted logits
         k = p.top_k if 0 < p.top_k < len(logits) else len(logits)
-        ids, vals = self._top(logits, history, k)
-        vals -= vals[0]  # the best is 0, the rest <= 0 and finite
-        vals /= p.temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
-        probs = np.exp(vals)  # probs[0] == 1: the sum is >= 1
-        probs /= probs.sum()
-        if p.top_p < 1.0:
-            keep = min(int(np.searchsorted(np.cumsum(probs), p.top_p) + 1), ids.size)
-            ids, probs = ids[:keep], probs[:keep] / probs[:keep].sum()
-        return int(ids[_draw(self._rng, probs)])
+        raw = np.asarray(logits)
+        u = self._rng.random()  # the draw's one uniform (Generator.choice takes one too)
+        if k <= NATIVE_MAX_K and _in_c(raw):
+            touched, vals = self._penalised(raw, history)
+            return _native.sample(raw, k, touched, vals, p.temperature, p.top_p, u)  # all of it in C
+        ids, vals = self._top(raw, history, k)
+        return int(ids[_drawn(vals, p.temperature, p.top_p, u)])
 
 
-def _draw(rng: np.random.Generator, probs: np.ndarray) -> int:
-    """rng.choice(probs.size, p=probs) without its checks of p (built here, always valid): the
-    same cumulative sums, the same one uniform and the same search, so the same draw for a seed
-    (tested), at a fraction of its cost right after a model step, when numpy's code is cold."""
+def _drawn(vals: np.ndarray, temperature: float, top_p: float, u: float) -> int:
+    """The position drawn with the uniform u among candidates with these adjusted logits, best first:
+    temperature, softmax, top-p, then rng.choice's cumulative sums and search without its checks of
+    p (built here, always valid). exp is libm's (math.exp, and C's exp in _sampler.c, which does the
+    same operations in the same order): numpy's own exp differs in the last bit on AVX-512 CPUs, so
+    a seed would draw differently on different machines and in C."""
+    vals -= vals[0]  # the best is 0, the rest <= 0 and finite
+    vals /= temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
+    probs = np.array(list(map(math.exp, vals.tolist())))  # probs[0] == 1: the sum is >= 1
+    probs /= probs.sum()
+    if top_p < 1.0:
+        keep = min(int(np.searchsorted(np.cumsum(probs), top_p) + 1), probs.size)
+        probs = probs[:keep] / probs[:keep].sum()
     cdf = probs.cumsum()
     cdf /= cdf[-1]
-    return int(cdf.searchsorted(rng.random(), side="right"))
+    return int(cdf.searchsorted(u, side="right"))
 
 
 def _reaching(raw: np.ndarray, k: int, exclude: list[int]) -> tuple[np.ndarray, np.ndarray] | None:

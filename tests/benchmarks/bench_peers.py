@@ -18,7 +18,7 @@ Measures: decode tok/s at 1 and 2 threads (one stream); time to first token for 
 1000-token prompts, cold (prefix reuse off) and on a prefix hit (the same prompt again, reuse
 on); aggregate decode tok/s at 1, 2 and 4 concurrent streams. Each round runs every peer once,
 back to back, so machine noise hits all alike, in the listed order and reversed every other round;
-for decode and streams the peers are started in the listed order for the first half of the rounds
+for decode, TTFT and streams the peers are started in the listed order for the first half of the rounds
 and in reverse for the second (the one started first ran slower: see halves). Tables give medians
 and ratios to MiniVault on each of its engines.
 
@@ -303,10 +303,11 @@ def wanted(args) -> set[str]:
     return names
 
 
-def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int, reverse: bool = False) -> list:
-    """Every peer that can run here, at `threads`, started in the listed order (or reversed: see
-    halves); prints why each missing one is skipped."""
-    want = wanted(args)
+def make_peers(args, model: Path, gguf: Path, tmp: Path, threads: int, reverse: bool = False,
+               among: tuple[str, ...] = PEERS) -> list:
+    """Every peer that can run here (of those `among`), at `threads`, started in the listed order
+    (or reversed: see halves); prints why each missing one is skipped."""
+    want = wanted(args) & set(among)
     binary = Path(args.llama_server)
     makers = [(MiniVault.name, lambda: [MiniVault(model, tmp, threads)]),
               (CTransformers.name, lambda: [CTransformers(model, tmp, threads)]),
@@ -387,30 +388,34 @@ def bench_decode(args, model, gguf, tmp, results) -> None:
 
 
 def bench_ttft(args, model, gguf, tmp, results) -> None:
-    peers = [p for p in make_peers(args, model, gguf, tmp, args.threads) if p.name in ("minivault", "minivault-llamacpp", "llama-server")]
-    try:
-        for n_prompt in (32, 256, 1000):
-            text, ids = prompt_of(n_prompt)
-            rows: dict[str, list[float]] = {}
-            for n in range(args.rounds):
-                for p in list(peers):
-                    try:
-                        cold = p.run(text, ids, 2, cache=False)[0] * 1000
-                        p.run(text, ids, 2, cache=True)  # fill the cache
-                        hit = p.run(text, ids, 2, cache=True)[0] * 1000
-                    except httpx.HTTPError as exc:  # a peer that fails is dropped, visibly
-                        say(f"{p.name} failed on a {n_prompt}-token prompt ({exc}): dropped from the TTFT runs")
-                        peers.remove(p)
-                        p.close()
-                        continue
-                    rows.setdefault(p.name, []).append(cold)
-                    rows.setdefault(p.name + " (prefix hit)", []).append(hit)
-                say(f"ttft {n_prompt} round {n + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows.items()))
-            results[f"ttft_{n_prompt}"] = rows
-            table(f"time to first token, {n_prompt}-token prompt, {args.threads} threads", rows, "ms", False)
-    finally:
-        for p in peers:
-            p.close()
+    prompts = (32, 256, 1000)
+    rows: dict[int, dict[str, list[float]]] = {n_prompt: {} for n_prompt in prompts}
+    for reverse, rounds in halves(args.rounds):  # started in balanced order, as for decode
+        peers = make_peers(args, model, gguf, tmp, args.threads, reverse,
+                           among=("minivault", "minivault-llamacpp", "llama-server"))  # the servers
+        try:
+            for n_prompt in prompts:
+                text, ids = prompt_of(n_prompt)
+                for n in rounds:
+                    for p in each_round(list(peers), n):
+                        try:
+                            cold = p.run(text, ids, 2, cache=False)[0] * 1000
+                            p.run(text, ids, 2, cache=True)  # fill the cache
+                            hit = p.run(text, ids, 2, cache=True)[0] * 1000
+                        except httpx.HTTPError as exc:  # a peer that fails is dropped, visibly
+                            say(f"{p.name} failed on a {n_prompt}-token prompt ({exc}): dropped from the TTFT runs")
+                            peers.remove(p)
+                            p.close()
+                            continue
+                        rows[n_prompt].setdefault(p.name, []).append(cold)
+                        rows[n_prompt].setdefault(p.name + " (prefix hit)", []).append(hit)
+                    say(f"ttft {n_prompt} round {n + 1}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in rows[n_prompt].items()))
+        finally:
+            for p in peers:
+                p.close()
+    for n_prompt in prompts:
+        results[f"ttft_{n_prompt}"] = rows[n_prompt]
+        table(f"time to first token, {n_prompt}-token prompt, {args.threads} threads", rows[n_prompt], "ms", False)
 
 
 def bench_streams(args, model, gguf, tmp, results) -> None:

@@ -1,4 +1,4 @@
-"""The sampler's penalties and top-k in C (engine/_sampler.c) against Python and numpy; its argument checks."""
+"""The sampler's penalties, top-k and draw in C (engine/_sampler.c) against Python and numpy; its argument checks."""
 
 from __future__ import annotations
 
@@ -90,3 +90,46 @@ def test_the_c_penalties_refuse_what_they_cannot_read():
     with pytest.raises(TypeError, match="pairs"):
         penalised(logits, [], 0, 1.1, 0.0, 0.0, ((1, 2.0, 3),))
     assert penalised(logits, [3, 3, 99], 0, 2.0, 0.0, 1.0, ((3, 0.5), (-1, 9.0))) == ([3], [-2.0 + 0.5])
+
+
+def test_the_c_draw_is_pythons():
+    """sample() in C against _top then _drawn in Python: the same token for the same uniform, over
+    temperatures down to one that overflows, top-p from a sliver to all, and k from 1 to 4096."""
+    rng = np.random.default_rng(13)
+    for trial, (raw, history, params, k) in enumerate(_cases(1500)):
+        if trial % 4 == 0:
+            k = min(int(rng.choice([8, 9, 127, 128, 129, 300, 4096])), raw.size)  # numpy's sum's blocks
+        temperature = float(rng.choice([1e-30, 1e-7, 0.3, 0.8, 1.0, 2.5]))
+        top_p = float(rng.choice([1e-9, 0.5, 0.95, 0.999999, 1.0]))
+        u = float(rng.choice([0.0, rng.random(), np.nextafter(1.0, 0.0)]))
+        sampler = Sampler(params)
+        touched, vals = sampler._penalised(raw, history)
+        c = sampling._native.sample(raw, k, touched, vals, temperature, top_p, u)
+        ids, top = sampler._top(raw, history, k)
+        with np.errstate(over="ignore", under="ignore"):
+            py = int(ids[sampling._drawn(top, temperature, top_p, u)])
+        assert c == py, (raw.size, k, temperature, top_p, u)
+
+
+def test_the_c_draw_follows_the_uniform():
+    sample = sampling._native.sample
+    logits = np.log(np.array([0.5, 0.3, 0.2], dtype=np.float32))  # the probabilities, best first
+    assert [sample(logits, 3, [], [], 1.0, 1.0, u) for u in (0.0, 0.49, 0.51, 0.79, 0.81, 0.999)] == [0, 0, 1, 1, 2, 2]
+    assert {sample(logits, 3, [], [], 1.0, 0.6, u) for u in (0.0, 0.5, 0.7, 0.999)} == {0, 1}  # top-p 0.6: two
+    assert sample(logits, 3, [0], [-10.0], 1.0, 1.0, 0.0) == 1  # a penalised id ranks by its adjusted logit
+    assert sample(logits, 1, [], [], 1.0, 1.0, 0.999) == 0
+
+
+def test_the_c_draw_refuses_what_it_cannot_draw():
+    sample = sampling._native.sample
+    logits = np.zeros(10, dtype=np.float32)
+    with pytest.raises(TypeError, match="7 arguments"):
+        sample(logits, 3, [], [])
+    with pytest.raises(ValueError, match="temperature must be above 0"):
+        sample(logits, 3, [], [], 0.0, 1.0, 0.5)
+    with pytest.raises(ValueError, match=r"u in \[0, 1\)"):
+        sample(logits, 3, [], [], 1.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match="k is 11: 1 to 10"):
+        sample(logits, 11, [], [], 1.0, 1.0, 0.5)
+    with pytest.raises(TypeError, match="float32"):
+        sample(np.zeros(10), 3, [], [], 1.0, 1.0, 0.5)
