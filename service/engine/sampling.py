@@ -198,8 +198,8 @@ def _drawn(vals: np.ndarray, temperature: float, top_p: float, u: float) -> int:
     """The position drawn with the uniform u among candidates with these adjusted logits, best first:
     temperature, softmax, top-p, then rng.choice's cumulative sums and search without its checks of
     p (built here, always valid). exp is libm's (math.exp, and C's exp in _sampler.c, which does the
-    same operations in the same order): numpy's own exp differs in the last bit on AVX-512 CPUs, so
-    a seed would draw differently on different machines and in C."""
+    same operations in the same order): numpy's own exp depends on the CPU (on AVX-512 it differs
+    from libm's in the last bit), so a seed would draw differently on other machines and in C."""
     vals -= vals[0]  # the best is 0, the rest <= 0 and finite
     vals /= temperature  # a tiny temperature sends the others to -inf: exp gives 0, never NaN
     probs = np.array(list(map(math.exp, vals.tolist())))  # probs[0] == 1: the sum is >= 1
