@@ -227,9 +227,10 @@ def test_draws_are_identical_to_the_whole_vocabulary_sampler(params):
             assert np.array_equal(new.adjusted(logits, history), old.adjusted(logits, history))
 
 
-def test_draws_are_identical_on_a_gpt2_sized_vocabulary():
-    for seed in range(10):
-        sp = SamplingParams(seed=seed, presence_penalty=0.3, frequency_penalty=0.2)
+@pytest.mark.parametrize("params", [{}, {"top_k": 0, "temperature": 1.0}], ids=["defaults", "whole-vocabulary"])
+def test_draws_are_identical_on_a_gpt2_sized_vocabulary(params):
+    for seed in range(10):  # top_k 0 draws among all 50,257 (numpy's exp: above NATIVE_MAX_K)
+        sp = SamplingParams(**params, seed=seed, presence_penalty=0.3, frequency_penalty=0.2)
         new, old = Sampler(sp, prompt_len=12), ReferenceSampler(sp, prompt_len=12)
         for logits, history in _steps(50_257, seed, 10):
             assert new(logits, history) == old(logits, history)
