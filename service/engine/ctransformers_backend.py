@@ -16,31 +16,9 @@ import numpy as np
 
 from service.engine.base import Tokenizer
 from service.engine.generation import PROMPT_BATCH, Generates
-from service.errors import GenerationFailed, UnknownToken
+from service.errors import GenerationFailed
 from service.formats.ggml.format import read_gpt2
-
-
-class _FallbackTokenizer:
-    """ctransformers' own greedy tokenizer, used only when no tokenizer.json exists."""
-
-    def __init__(self, llm, vocab: list[bytes]) -> None:
-        self._llm = llm
-        self.vocab_size = llm.vocab_size
-        self.eos_id = llm.eos_token_id
-        self._bytes = vocab  # from the file: ctransformers' detokenize cuts tokens at a NUL byte
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._llm.tokenize(text))
-
-    def token_bytes(self, token_id: int) -> bytes:
-        if not 0 <= token_id < self.vocab_size:
-            raise UnknownToken(
-                f"token id {token_id} is outside the vocabulary (0 to {self.vocab_size - 1})", field="tokens"
-            )
-        return self._bytes[token_id]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return b"".join(self.token_bytes(i) for i in ids).decode("utf-8", errors="replace")
+from service.tokenizer.greedy import GreedyTokenizer
 
 
 @functools.cache
@@ -84,7 +62,8 @@ class Engine(Generates):
             raise ValueError(f"ctransformers could not load {self.model_path} as a GPT-2 GGML model: {exc}") from None
         self.context_length = self._llm.context_length
         self.vocab_size = self._llm.vocab_size
-        self.tokenizer: Tokenizer = tokenizer or _FallbackTokenizer(self._llm, self.header.vocab)
+        # without a tokenizer.json: GGML's greedy tokenizer, as ctransformers has it (in linear time)
+        self.tokenizer: Tokenizer = tokenizer or GreedyTokenizer(self.header.vocab, self._llm.eos_token_id)
         if self.tokenizer.vocab_size != self.vocab_size:
             raise ValueError(
                 f"tokenizer has {self.tokenizer.vocab_size} tokens but the model has {self.vocab_size}"

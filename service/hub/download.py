@@ -279,7 +279,7 @@ def _fetch_ggml(hub: Hub, repo_id: str, listing: Listing, plan: repoplan.Plan, s
         size, sha256 = copy_hashed(path, staging / "model.bin")
         tokenizer = _copy_tokenizer(folder, plan.tokenizer, staging)
         if tokenizer is None:
-            say(f"note: no tokenizer.json for {name}; the server will fall back to ctransformers' tokenizer")
+            say(f"note: no tokenizer.json for {name}; the server will fall back to GGML's greedy tokenizer")
         return _write_ggml_manifest(staging, name=name, repo_id=repo_id, revision=_commit_of(folder, listing),
                                     hp=hp, parameters=sum(math.prod(t.shape) for t in ggml.tensors.values()),
                                     size=size, sha256=sha256, tokenizer=tokenizer)

@@ -155,7 +155,7 @@ def _copy_ggml(src: Path, work: Path, name: str, say: Callable[[str], None]) -> 
         except (ValueError, OSError) as e:
             say(f"note: skipping the tokenizer beside {src.name}: {one_line(e)}")
     if tokenizer is None:
-        say(f"note: no tokenizer.json beside {src.name}; the server will fall back to ctransformers' tokenizer")
+        say(f"note: no tokenizer.json beside {src.name}; the server will fall back to GGML's greedy tokenizer")
     source = own.source if own else Source(kind="local")
     manifest = Manifest(
         name=name, file=convert.MODEL_FILE, source=source, quant=hp.ftype, hparams=HParams.of(hp),

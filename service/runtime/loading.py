@@ -78,7 +78,7 @@ def load_tokenizer(model_path: Path, warn: bool = True) -> Tokenizer | None:
         if not warn:
             return None
         print(
-            f"minivault: warning: no tokenizer.json beside {model_path}; falling back to ctransformers' "
+            f"minivault: warning: no tokenizer.json beside {model_path}; falling back to GGML's "
             "greedy tokenizer, which splits some words differently from GPT-2's BPE",
             file=sys.stderr, flush=True,
         )

@@ -29,6 +29,7 @@ and ratios to MiniVault on each of its engines.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -46,16 +47,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, gpt2_small, start_server  # noqa: E402
 
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
+from service.tokenizer.bpe import GPT2Tokenizer  # noqa: E402
+from tests.fixtures.gpt2_vocab import gpt2_vocab, write_tokenizer_json  # noqa: E402
 from tests.support.server import free_port  # noqa: E402
 
 DEFAULT_LLAMA_SERVER = ROOT.parent / "shared" / "tools" / "llama-server" / "llama-server"
 SAMPLING = {"temperature": 0.8, "top_k": 40, "top_p": 0.95, "repetition_penalty": 1.1}
 
 
+# words that are one GPT-2 token each with their leading space; prompts cycle through them
+WORDS = ("the of and to in is was for on as with by he at from his an were are which this be or has had not "
+         "but first one their its new after who they have her she two been other when there all during into "
+         "school time may years more most only over city some world would where later up such used many can "
+         "state about national out known university united then made").split()
+
+
+@functools.cache
 def prompt_of(n: int) -> tuple[str, list[int]]:
-    """A prompt of exactly n tokens in the byte vocabulary: lowercase letters, one token each."""
-    text = "".join(chr(ord("a") + (i * 7) % 26) for i in range(n))
-    return text, [ord(c) for c in text]
+    """A prompt of exactly n GPT-2 tokens, as text and as ids (checked with MiniVault's BPE)."""
+    vocab = gpt2_vocab()
+    ids = [vocab["\u0120" + WORDS[i % len(WORDS)]] for i in range(n)]
+    text = "".join(" " + WORDS[i % len(WORDS)] for i in range(n))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_tokenizer_json(Path(tmp) / "tokenizer.json")
+        encoded = GPT2Tokenizer.from_file(Path(tmp) / "tokenizer.json").encode(text)
+    if encoded != ids:
+        raise RuntimeError(f"the {n}-token prompt tokenizes to {len(encoded)} tokens, not the {n} words")
+    return text, ids
 
 
 def say(msg: str) -> None:

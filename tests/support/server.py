@@ -37,7 +37,7 @@ class Script:
 
     @property
     def prompt(self) -> str:
-        return "a" * self.prompt_len  # ctransformers' tokenizer splits it into single bytes
+        return "a" * self.prompt_len  # the greedy fallback tokenizer splits it into single bytes
 
 
 def read_log(path: Path) -> list[dict]:
