@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from service.engine.base import Tokenizer
-from service.engine.generation import Generates
+from service.engine.llamacpp_slot import LlamaSlot
 from service.engine.step_run import StepRun
 from service.errors import GenerationFailed
 
@@ -285,55 +285,3 @@ class LlamaContext:
         if self._model:
             lc.llama_model_free(self._model)
             self._model = None
-
-
-class LlamaSlot(Generates):
-    """One sequence of a LlamaContext: the Backend generation.py drives."""
-
-    def __init__(self, context: LlamaContext, seq_id: int) -> None:
-        self.context = context
-        self.seq_id = seq_id
-        self.model_path = context.model_path
-        self.threads = context.threads
-        self.context_length = context.context_length
-        self.vocab_size = context.vocab_size
-        self.eos_id = context.eos_id
-        self.tokenizer = context.tokenizer
-        self.prompt_batch = context.prompt_chunk
-        self._logits = np.zeros(self.vocab_size, np.float32)
-        self.kv_len = 0  # positions 0..kv_len-1 of this sequence hold KV state
-        self._sequence: list[int] = []
-        self.last_prompt = None
-
-    @property
-    def sequence(self) -> list[int]:
-        """The tokens this slot's KV cells hold (engine/prefix.py reuses them)."""
-        return self._sequence
-
-    @sequence.setter
-    def sequence(self, tokens: Sequence[int]) -> None:
-        self._sequence = list(tokens)[: self.kv_len]  # never more than the cells really hold
-
-    def eval(self, tokens: Sequence[int], n_past: int) -> None:
-        self.context.submit(self, tokens, n_past)
-
-    def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
-               limit: int) -> "StepRun":
-        """Tokens sampled on the step thread as each step ends (engine/step_run.py)."""
-        return StepRun(self, logits, pick, n_past, limit)
-
-    def logits(self) -> np.ndarray:
-        """The next-token logits after this slot's last eval (its own copy)."""
-        return self._logits
-
-    def begin(self) -> None:
-        self.context.activate(self, True)
-
-    def end(self, finish_reason: str | None) -> None:
-        self.context.activate(self, False)
-        if finish_reason not in ("stop", "length"):  # cancelled, timed out or failed: free its cells now
-            self.context.forget(self)
-            self._sequence, self.last_prompt = [], None
-
-    def close(self) -> None:
-        """Slots are freed with their context (LlamaContext.close)."""
