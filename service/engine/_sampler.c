@@ -119,15 +119,11 @@ done:
     return out;
 }
 
-/* the k best of the logits with the touched (ids, values) in place of theirs, best first, into
- * heap (k long); returns how many (k), or -1 with an exception set */
+/* the k best of the logits (1 <= k <= their number) with the touched (ids, values) in place of
+ * theirs, best first, into heap (k long); returns how many (k), or -1 with an exception set */
 static Py_ssize_t best_k(const Py_buffer *view, Py_ssize_t k, PyObject *ids, PyObject *vals, cand *heap) {
     Py_ssize_t n = view->len / 4, size = 0, m;
     long long *tids = NULL;
-    if (k < 1 || k > n) {
-        PyErr_Format(PyExc_ValueError, "k is %zd: 1 to %zd (the logits) fit", k, n);
-        return -1;
-    }
     if (!PyList_Check(ids) || !PyList_Check(vals) || PyList_GET_SIZE(ids) != PyList_GET_SIZE(vals)) {
         PyErr_SetString(PyExc_TypeError, "ids and values must be lists of the same length");
         return -1;
@@ -172,12 +168,18 @@ fail:
     return -1;
 }
 
-/* the logits' buffer and k from args[0] and args[1], and a heap of k; -1 with an exception set */
+/* the logits' buffer and k (checked: 1 to their number) from args[0] and args[1], and a heap of
+ * k; -1 with an exception set */
 static int logits_and_k(PyObject *const *args, Py_buffer *view, Py_ssize_t *k, cand **heap) {
     if (logits_buffer(args[0], view) < 0) return -1;
+    Py_ssize_t n = view->len / 4;
     *k = PyLong_AsSsize_t(args[1]);
     if (*k == -1 && PyErr_Occurred()) goto fail;
-    *heap = PyMem_Malloc((size_t)(*k > 0 ? *k : 1) * sizeof(cand));
+    if (*k < 1 || *k > n) {
+        PyErr_Format(PyExc_ValueError, "k is %zd: 1 to %zd (the logits) fit", *k, n);
+        goto fail;
+    }
+    *heap = PyMem_Malloc((size_t)*k * sizeof(cand));
     if (*heap != NULL) return 0;
     PyErr_NoMemory();
 fail:

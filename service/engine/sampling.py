@@ -6,9 +6,10 @@ best one is 0 before dividing by the temperature, so no value (however small) gi
 
 Only the few ids a penalty or bias names are adjusted, and only the top-k candidates (found on the
 model's float32 logits) go through temperature, softmax, top-p and the draw, in float64. The values
-are the same as working on the whole vocabulary in float64 (but for exp, libm's on every machine:
-see _drawn), so a seed draws the same tokens as before; the one rule made explicit is ties: among equal adjusted logits the lower id ranks first
-(for the k-th place, for the order the draw walks, and for greedy, which was np.argmax's rule).
+are the same as working on the whole vocabulary in float64 (but for exp, libm's on every machine up
+to NATIVE_MAX_K candidates: see _drawn), so a seed draws the same tokens as before; the one rule
+made explicit is ties: among equal adjusted logits the lower id ranks first (for the k-th place,
+for the order the draw walks, and for greedy, which was np.argmax's rule).
 """
 
 from __future__ import annotations

@@ -131,5 +131,10 @@ def test_the_c_draw_refuses_what_it_cannot_draw():
         sample(logits, 3, [], [], 1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="k is 11: 1 to 10"):
         sample(logits, 11, [], [], 1.0, 1.0, 0.5)
+    for k in (0, -1, 2**62):  # checked before the heap of k is allocated
+        with pytest.raises(ValueError, match=f"k is {k}: 1 to 10"):
+            sample(logits, k, [], [], 1.0, 1.0, 0.5)
+        with pytest.raises(ValueError, match=f"k is {k}: 1 to 10"):
+            sampling._native.top_k(logits, k, [], [])
     with pytest.raises(TypeError, match="float32"):
         sample(np.zeros(10), 3, [], [], 1.0, 1.0, 0.5)
