@@ -39,11 +39,9 @@ def tiny_model(models_root: Path) -> Path:
 @pytest.fixture(scope="session")
 def gpt2_vocab_model(models_root: Path) -> Path:
     """A tiny random model with GPT-2's real 50,257-token vocabulary and its tokenizer.json beside it."""
-    from service.tokenizer.bpe import bytes_to_unicode
-    from tests.fixtures.gpt2_vocab import gpt2_tokens, write_tokenizer_json
+    from tests.fixtures.gpt2_vocab import gpt2_vocab_bytes, write_tokenizer_json
 
-    to_byte = {c: b for b, c in bytes_to_unicode().items()}
-    vocab = [t.encode() if t == "<|endoftext|>" else bytes(to_byte[c] for c in t) for t in gpt2_tokens()]
+    vocab = gpt2_vocab_bytes()
     path = models_root / "gpt2-vocab" / "model.bin"
     path.parent.mkdir()
     make_tiny_gpt2(path, vocab=vocab, n_embd=32, n_head=2, n_layer=1)

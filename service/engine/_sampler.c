@@ -89,6 +89,13 @@ static int is_float32(const Py_buffer *view) {
     return strcmp(f, "f") == 0;
 }
 
+/* whether a call has its `want` arguments; if not, TypeError naming the signature */
+static int takes(Py_ssize_t nargs, Py_ssize_t want, const char *signature) {
+    if (nargs == want) return 1;
+    PyErr_Format(PyExc_TypeError, "%s takes %zd arguments, not %zd", signature, want, nargs);
+    return 0;
+}
+
 /* the logits' buffer, or -1 with TypeError (nothing held) unless it is contiguous float32 */
 static int logits_buffer(PyObject *obj, Py_buffer *view) {
     if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
@@ -189,10 +196,7 @@ fail:
 
 static PyObject *top_k(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "top_k(logits, k, ids, values) takes 4 arguments");
-        return NULL;
-    }
+    if (!takes(nargs, 4, "top_k(logits, k, ids, values)")) return NULL;
     Py_buffer view;
     Py_ssize_t k;
     cand *heap;
@@ -232,10 +236,7 @@ static double pairwise_sum(const double *a, Py_ssize_t n) {
  * (libm's exp, numpy's pairwise sums, sequential cumulative sums), so the same token for a seed */
 static PyObject *sample(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "sample(logits, k, ids, values, temperature, top_p, u) takes 7 arguments");
-        return NULL;
-    }
+    if (!takes(nargs, 7, "sample(logits, k, ids, values, temperature, top_p, u)")) return NULL;
     double temperature = PyFloat_AsDouble(args[4]), top_p = PyFloat_AsDouble(args[5]), u = PyFloat_AsDouble(args[6]);
     if (PyErr_Occurred()) return NULL;
     if (!(temperature > 0.0) || !(u >= 0.0 && u < 1.0)) {
@@ -318,10 +319,7 @@ static Py_ssize_t tokens_of(PyObject *history, Py_ssize_t start, Py_ssize_t n, l
  * the ids the penalties and bias touch, sorted, and their adjusted logits. */
 static PyObject *penalised(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "penalised(logits, history, prompt_len, repetition, presence, frequency, bias)");
-        return NULL;
-    }
+    if (!takes(nargs, 7, "penalised(logits, history, prompt_len, repetition, presence, frequency, bias)")) return NULL;
     Py_buffer view;
     if (logits_buffer(args[0], &view) < 0) return NULL;
     PyObject *out = NULL, *history = args[1], *bias = args[6];

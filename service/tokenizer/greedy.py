@@ -4,8 +4,9 @@ word cut into the longest vocabulary tokens from its start.
 
 ctransformers tries every length from the whole rest of the word down, copying each, so its time
 grows faster than the square of a word's length (1,000 / 2,000 / 4,000 letters in a row: 4 / 15 /
-68 ms), and a 200,000-character prompt (the API's limit) would hold a thread for hours. A token is never longer than the vocabulary's longest,
-so trying only lengths up to that gives the same tokens in time linear in the text.
+68 ms), and a 200,000-character prompt (the API's limit) would hold a thread for hours. A token is
+never longer than the vocabulary's longest, so trying only lengths up to that gives the same tokens
+in time linear in the text.
 """
 
 from __future__ import annotations

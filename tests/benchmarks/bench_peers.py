@@ -48,7 +48,7 @@ from common import ROOT, gpt2_small, start_server  # noqa: E402
 
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from service.tokenizer.bpe import GPT2Tokenizer  # noqa: E402
-from tests.fixtures.gpt2_vocab import gpt2_vocab, write_tokenizer_json  # noqa: E402
+from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_vocab  # noqa: E402
 from tests.support.server import free_port  # noqa: E402
 
 DEFAULT_LLAMA_SERVER = ROOT.parent / "shared" / "tools" / "llama-server" / "llama-server"
@@ -63,14 +63,18 @@ WORDS = ("the of and to in is was for on as with by he at from his an were are w
 
 
 @functools.cache
+def _gpt2_tokenizer() -> GPT2Tokenizer:
+    """MiniVault's BPE with GPT-2's vocabulary and merges (what the servers tokenize with)."""
+    return GPT2Tokenizer.from_vocab_merges(gpt2_vocab(), gpt2_merges(), ["<|endoftext|>"])
+
+
+@functools.cache
 def prompt_of(n: int) -> tuple[str, list[int]]:
     """A prompt of exactly n GPT-2 tokens, as text and as ids (checked with MiniVault's BPE)."""
     vocab = gpt2_vocab()
     ids = [vocab["\u0120" + WORDS[i % len(WORDS)]] for i in range(n)]
     text = "".join(" " + WORDS[i % len(WORDS)] for i in range(n))
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer_json(Path(tmp) / "tokenizer.json")
-        encoded = GPT2Tokenizer.from_file(Path(tmp) / "tokenizer.json").encode(text)
+    encoded = _gpt2_tokenizer().encode(text)
     if encoded != ids:
         raise RuntimeError(f"the {n}-token prompt tokenizes to {len(encoded)} tokens, not the {n} words")
     return text, ids

@@ -9,8 +9,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from service.formats.ggml.tiny import EOT, make_tiny_gpt2  # noqa: E402
-from service.tokenizer.bpe import bytes_to_unicode  # noqa: E402
-from tests.fixtures.gpt2_vocab import gpt2_tokens, write_tokenizer_json  # noqa: E402
+from tests.fixtures.gpt2_vocab import gpt2_vocab_bytes, write_tokenizer_json  # noqa: E402
 from tests.support.server import LiveServer  # noqa: E402
 
 
@@ -18,13 +17,11 @@ def gpt2_small(path: Path, quant: str) -> Path:
     """A random GPT-2-small-shaped model (12 layers, 768 wide, 50257 tokens, 1024 context).
 
     GPT-2's real vocabulary, with its tokenizer.json beside the model as a downloaded model has
-    it (so servers tokenize with MiniVault's BPE, not ctransformers' fallback, which is quadratic
-    in the text's length: 39 ms for 1000 characters); end-of-text is never sampled, so every
-    request decodes exactly the tokens it asks for.
+    it (so servers tokenize with MiniVault's BPE, as they would serve a real model, not with the
+    greedy fallback for models without one); end-of-text is never sampled, so every request
+    decodes exactly the tokens it asks for.
     """
-    raw = {c: b for b, c in bytes_to_unicode().items()}
-    vocab = [bytes(raw[c] for c in token) for token in gpt2_tokens()[:-1]] + [EOT]
-    make_tiny_gpt2(path, vocab=vocab, n_embd=768, n_head=12, n_layer=12, n_ctx=1024, ftype=quant, no_eos=True)
+    make_tiny_gpt2(path, vocab=gpt2_vocab_bytes(), n_embd=768, n_head=12, n_layer=12, n_ctx=1024, ftype=quant, no_eos=True)
     write_tokenizer_json(path.parent / "tokenizer.json")
     return path
 

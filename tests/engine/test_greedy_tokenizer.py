@@ -10,9 +10,9 @@ import pytest
 
 from service.engine.ctransformers_backend import Engine
 from service.formats.ggml.tiny import EOT, make_tiny_gpt2
-from service.tokenizer.bpe import UnknownTokenError, bytes_to_unicode
+from service.tokenizer.bpe import UnknownTokenError
 from service.tokenizer.greedy import GreedyTokenizer
-from tests.fixtures.gpt2_vocab import gpt2_tokens
+from tests.fixtures.gpt2_vocab import gpt2_vocab_bytes
 
 # ASCII: ctransformers' std::regex reads bytes above 0x7f as negative chars, which it mishandles
 # (it dropped the whitespace after "ẞ \n " and crashed the process on "ẞ  "), so only ASCII text
@@ -23,11 +23,6 @@ PIECES = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'x", " ", "  ", "\t", "\
 NON_ASCII = ["é", "中文", "🙂", "\u00a0", "naïve", "ẞ", " ẞ  \n ", "\u2014"]
 
 
-def _gpt2_vocab() -> list[bytes]:
-    raw = {c: b for b, c in bytes_to_unicode().items()}
-    return [bytes(raw[c] for c in token) for token in gpt2_tokens()[:-1]] + [EOT]
-
-
 def _filler_vocab() -> list[bytes]:
     return [bytes([b]) for b in range(256)] + [b"th", b"the", b" the", b"ca", b"cat", b" c", b"xx", b"xxxx"] + [EOT]
 
@@ -35,7 +30,7 @@ def _filler_vocab() -> list[bytes]:
 @pytest.fixture(scope="module", params=["gpt2", "filler"])
 def both(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """ctransformers' model (whose tokenize is the reference) and ours, on the same vocabulary."""
-    vocab = _gpt2_vocab() if request.param == "gpt2" else _filler_vocab()
+    vocab = gpt2_vocab_bytes() if request.param == "gpt2" else _filler_vocab()
     folder = tmp_path_factory.mktemp("greedy")
     make_tiny_gpt2(folder / "model.bin", vocab=vocab, n_embd=32, n_head=2, n_layer=1, n_ctx=64)
     engine = Engine(folder / "model.bin", threads=1, libdir=folder)  # without a tokenizer.json: ours
@@ -68,7 +63,7 @@ def test_text_after_a_nul_is_kept(both):
 def test_a_prompt_at_the_apis_limit_is_tokenized_without_holding_the_thread():
     """200,000 letters in one word (the API's longest prompt): ctransformers' tokenizer would try
     every length of the rest of the word at every step and take hours; this one finishes."""
-    ours = GreedyTokenizer(_gpt2_vocab(), 50256)
+    ours = GreedyTokenizer(gpt2_vocab_bytes(), 50256)
     result: list[list[int]] = []
     worker = threading.Thread(target=lambda: result.append(ours.encode("x" * 200_000)), daemon=True)
     worker.start()

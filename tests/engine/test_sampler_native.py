@@ -123,8 +123,12 @@ def test_the_c_draw_follows_the_uniform():
 def test_the_c_draw_refuses_what_it_cannot_draw():
     sample = sampling._native.sample
     logits = np.zeros(10, dtype=np.float32)
-    with pytest.raises(TypeError, match="7 arguments"):
+    with pytest.raises(TypeError, match="7 arguments, not 4"):
         sample(logits, 3, [], [])
+    with pytest.raises(TypeError, match=r"top_k\(logits, k, ids, values\) takes 4 arguments, not 2"):
+        sampling._native.top_k(logits, 3)
+    with pytest.raises(TypeError, match="7 arguments, not 1"):
+        sampling._native.penalised(logits)
     with pytest.raises(ValueError, match="temperature must be above 0"):
         sample(logits, 3, [], [], 0.0, 1.0, 0.5)
     with pytest.raises(ValueError, match=r"u in \[0, 1\)"):

@@ -16,16 +16,9 @@ from service.formats.ggml import kquant
 from service.formats.ggml.format import HParams
 from service.formats.ggml.tiny import random_tensors
 from service.formats.ggml_to_gguf import add_gpt2_hparams, gguf_name
-from service.tokenizer.bpe import bytes_to_unicode
-from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_tokens
+from tests.fixtures.gpt2_vocab import gpt2_merges, gpt2_tokens, gpt2_vocab_bytes  # noqa: F401 (tests import it from here)
 
 N_VOCAB = 50257
-
-
-def gpt2_vocab_bytes() -> list[bytes]:
-    """GPT-2's tokens as raw bytes, in id order (what a GGML file's vocabulary holds)."""
-    to_byte = {c: b for b, c in bytes_to_unicode().items()}
-    return [t.encode() if t == "<|endoftext|>" else bytes(to_byte[c] for c in t) for t in gpt2_tokens()]
 
 
 def gpt2_hparams(n_embd: int = 256, n_layer: int = 2, n_head: int = 4, n_ctx: int = 256) -> HParams:
