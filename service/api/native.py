@@ -52,7 +52,7 @@ async def _admit(runtime: Runtime, request: Request, data: GenerateRequest) -> J
     """Validate and admit before any response starts: every refusal is a plain error response."""
     async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
         scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
-        prompt_ids = await runtime.prepare(scheduler.tokenize, data.prompt)
+        prompt_ids = await runtime.prepare(scheduler.tokenize, data.prompt, size=len(data.prompt))
         params = SamplingParams(
             max_new_tokens=data.max_new_tokens, temperature=data.temperature, top_k=data.top_k,
             top_p=data.top_p, repetition_penalty=data.repetition_penalty, seed=data.seed, stop=tuple(data.stop),
@@ -161,7 +161,7 @@ async def tokenize(data: Annotated[TokenizeRequest, _JSON], state: State) -> Tok
     """Tokenize with the same tokenizer the engine uses."""
     runtime = runtime_of(state)
     async with runtime.serving(data.model) as scheduler:
-        tokens = await runtime.prepare(scheduler.tokenize, data.text)
+        tokens = await runtime.prepare(scheduler.tokenize, data.text, size=len(data.text))
     return TokenizeResponse(tokens=tokens, count=len(tokens))
 
 
@@ -170,7 +170,7 @@ async def detokenize(data: Annotated[DetokenizeRequest, _JSON], state: State) ->
     """Turn token ids back into text; an id outside the vocabulary is an error naming it."""
     runtime = runtime_of(state)
     async with runtime.serving(data.model) as scheduler:
-        text = await runtime.prepare(scheduler.detokenize, data.tokens)
+        text = await runtime.prepare(scheduler.detokenize, data.tokens, size=len(data.tokens))
     return DetokenizeResponse(text=text)
 
 

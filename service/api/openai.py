@@ -83,21 +83,25 @@ def _finish(job: Job) -> str:
 
 async def _admit(runtime: Runtime, request: Request, data: Any,
                  prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
-                 exclude: tuple[str, ...], inputs: dict[str, Any] | None = None) -> tuple[str, JobGroup, Scheduler]:
+                 exclude: tuple[str, ...], inputs: dict[str, Any] | None = None,
+                 size: int | None = None) -> tuple[str, JobGroup, Scheduler]:
     """Validate everything, then admit every choice of every prompt as one group (or raise).
 
-    `inputs` are request fields the log keeps beside the prompt (when it keeps prompts), for replay.
+    `inputs` are request fields the log keeps beside the prompt (when it keeps prompts), for replay;
+    `size` is the prompt's length in characters when known (a short one is tokenized inline).
     """
     async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
-        rid, group = await _admit_to(scheduler, runtime, request, data, prompts, endpoint_id, plan, exclude, inputs)
+        rid, group = await _admit_to(scheduler, runtime, request, data, prompts, endpoint_id, plan, exclude, inputs,
+                                     size)
     return rid, group, scheduler
 
 
 async def _admit_to(scheduler: Scheduler, runtime: Runtime, request: Request, data: Any,
                     prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
-                    exclude: tuple[str, ...], inputs: dict[str, Any] | None) -> tuple[str, JobGroup]:
+                    exclude: tuple[str, ...], inputs: dict[str, Any] | None,
+                    size: int | None) -> tuple[str, JobGroup]:
     scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
-    planned = await runtime.prepare(prompts, scheduler)
+    planned = await runtime.prepare(prompts, scheduler, size=size)
     bias = logit_bias(data, scheduler.engine.vocab_size)
     ctx = scheduler.engine.context_length
     items = [(text, ids, job_params(data, plan, bias, ctx, len(ids), k))
@@ -182,7 +186,8 @@ async def completions(request: Request, data: Annotated[CompletionRequest, _JSON
     model = lookup_model(runtime, data.model)
     check_completion_fields(data)
     rid, group, scheduler = await _admit(runtime, request, data, lambda s: completion_prompts(s, data.prompt),
-                                         "cmpl", completion_plan(data), ("prompt",))
+                                         "cmpl", completion_plan(data), ("prompt",),
+                                         size=len(data.prompt) if isinstance(data.prompt, str) else None)
     created = int(time.time())
     token_bytes = scheduler.engine.tokenizer.token_bytes
 
@@ -265,7 +270,8 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
     top = plan.logprobs
     # the messages are logged too: the transcript alone cannot be sent to this endpoint again
     rid, group, scheduler = await _admit(runtime, request, data, lambda s: [(transcript, s.tokenize(transcript))],
-                                         "chatcmpl", plan, ("messages",), {"messages": msgspec.to_builtins(data.messages)})
+                                         "chatcmpl", plan, ("messages",), {"messages": msgspec.to_builtins(data.messages)},
+                                         size=len(transcript))
     created = int(time.time())
     token_bytes = scheduler.engine.tokenizer.token_bytes
 

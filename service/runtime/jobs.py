@@ -87,6 +87,12 @@ class Job:
         """The client went away: stop the generation within a token, or leave the queue now."""
         self.cancel.set()
         if self.started_at is None and self._task is not None:
+            # on the loop's next turn: a task cancelled before its first step never runs its body,
+            # so its finally (which releases and logs the job) would never run; by then it waits in line
+            self._task.get_loop().call_soon(self._leave_queue)
+
+    def _leave_queue(self) -> None:
+        if self.started_at is None and self._task is not None:
             self._task.cancel()
 
 

@@ -33,6 +33,10 @@ T = TypeVar("T")
 # threads would not run it faster; a fixed pool keeps the server's thread count flat under any load
 # (anyio's pool grows with concurrent requests and keeps idle threads until a later call retires them).
 PREP_THREADS = 2
+# Inputs up to this many characters are prepared on the event loop itself: tokenizing 256
+# characters takes at most ~0.35 ms (uncached text), less than the two thread hops it would save
+# (~0.3 ms measured on a 32-token prompt's way to its first token).
+INLINE_PREP_CHARS = 256
 
 
 class Runtime:
@@ -96,8 +100,11 @@ class Runtime:
             raise ShuttingDown("the server is shutting down and takes no new requests", retry_after=5)
         return self.models.serving(model, field)
 
-    async def prepare(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run request preparation (tokenizing) on the server's own few threads, off the event loop."""
+    async def prepare(self, fn: Callable[..., T], *args: Any, size: int | None = None) -> T:
+        """Run request preparation (tokenizing) on the server's own few threads, off the event loop;
+        inline when `size` (the input's characters or tokens) is at most INLINE_PREP_CHARS."""
+        if size is not None and size <= INLINE_PREP_CHARS:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self._prep, fn, *args)
 
     def begin_drain(self) -> None:

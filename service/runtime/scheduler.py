@@ -103,7 +103,7 @@ class Scheduler:
         job = Job(endpoint, prompt, prompt_ids, params, request_id, key_id, cache_prompt)
         job.model_id, job.model_sha256, job.engine = self.model_id, self.model_sha256, self.engine_name
         self._jobs.add(job)
-        job._task = asyncio.get_running_loop().create_task(self._run(job))
+        self._schedule(job)
         return job
 
     def admit_group(self, endpoint: str, items: Sequence[tuple[str, list[int], SamplingParams]],
@@ -125,7 +125,6 @@ class Scheduler:
             self.engine.check_fits(len(prompt_ids), params.max_new_tokens)
         group = JobGroup(request_id, on_finish)
         group._left = len(items)
-        loop = asyncio.get_running_loop()
         for i, (prompt, prompt_ids, params) in enumerate(items):
             job = Job(endpoint, prompt, prompt_ids, params, f"{request_id}-{i}", key_id, cache_prompt)
             job.model_id, job.model_sha256, job.engine = self.model_id, self.model_sha256, self.engine_name
@@ -133,7 +132,7 @@ class Scheduler:
             group.jobs.append(job)
             self._jobs.add(job)
         for job in group.jobs:
-            job._task = loop.create_task(self._run(job))
+            self._schedule(job)
         return group
 
     @staticmethod
@@ -173,17 +172,34 @@ class Scheduler:
             engine.close()
 
     # --- running ---------------------------------------------------------------------------
+    def _schedule(self, job: Job) -> None:
+        """Run `job`: at once on a free engine (its worker thread starts before the handler goes on
+        to send the response's headers), else in line for one."""
+        engine = self._take_free(job)
+        launched: asyncio.Future[None] | BaseException | None = None
+        if engine is not None:
+            try:
+                launched = self._launch(job, engine)
+            except Exception as exc:  # _run ends the job with it, as if it had raised there
+                launched = exc
+        job._task = asyncio.get_running_loop().create_task(self._run(job, engine, launched))
+
+    def _take_free(self, job: Job) -> Engine | None:
+        """A free engine if no job is waiting: the one holding the longest prefix of the job's prompt."""
+        if not self._free or self._waiting:
+            return None
+        if job.cache_prompt:
+            # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
+            best = max(self._free, key=lambda e: (served(e, job.prompt_ids, e.prompt_batch), -len(held(e))))
+        else:
+            best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others
+        self._free.remove(best)
+        return best
+
     async def _acquire(self, job: Job) -> Engine:
-        """A free engine, the one holding the longest prefix of the job's prompt; else wait in line."""
-        if self._free and not self._waiting:
-            if job.cache_prompt:
-                # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
-                best = max(self._free, key=lambda e: (served(e, job.prompt_ids, e.prompt_batch),
-                                                      -len(held(e))))
-            else:
-                best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others
-            self._free.remove(best)
-            return best
+        """A free engine (see _take_free), else wait in line for one."""
+        if (engine := self._take_free(job)) is not None:
+            return engine
         waiter: asyncio.Future[Engine] = asyncio.get_running_loop().create_future()
         self._waiting.append(waiter)
         try:
@@ -204,20 +220,31 @@ class Scheduler:
                 return
         self._free.append(engine)
 
-    async def _run(self, job: Job) -> None:
-        engine: Engine | None = None
+    def _launch(self, job: Job, engine: Engine) -> asyncio.Future[None] | None:
+        """Start the job's generation on `engine` in a worker thread; None if it was cancelled first."""
+        job.started_at = time.monotonic()
+        if job.cancel.is_set():
+            job.finish_reason = "cancelled"
+            return None
+        gen = engine.generate(job.prompt_ids, job.params, cancel=job.cancel,
+                              deadline=job.started_at + self.timeout_s, cache_prompt=job.cache_prompt)
+        job.generation = gen
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._executor, self._pump, gen, job.pieces, loop)
+
+    async def _run(self, job: Job, engine: Engine | None = None,
+                   launched: asyncio.Future[None] | BaseException | None = None) -> None:
+        """Wait for a free engine unless one was given (with its launched generation), run the
+        job to its end, and hand it on to be logged: exactly once, whatever happened."""
         try:
-            engine = await self._acquire(job)
-            job.started_at = time.monotonic()
-            if job.cancel.is_set():
-                job.finish_reason = "cancelled"
-                return
-            gen = engine.generate(job.prompt_ids, job.params, cancel=job.cancel,
-                                  deadline=job.started_at + self.timeout_s, cache_prompt=job.cache_prompt)
-            job.generation = gen
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._pump, gen, job.pieces, loop)
-            job.finish_reason = gen.finish_reason
+            if engine is None:
+                engine = await self._acquire(job)
+                launched = self._launch(job, engine)
+            if isinstance(launched, BaseException):
+                raise launched
+            if launched is not None:
+                await launched
+                job.finish_reason = job.generation.finish_reason if job.generation else None
         except asyncio.CancelledError:
             job.finish_reason = "cancelled"  # left the queue before a worker was free
         except ServiceError as exc:
