@@ -32,6 +32,7 @@ class StepRun:
                  n_past: int, limit: int) -> None:
         self.slot, self.pick, self.n_past, self.left = slot, pick, n_past, limit
         self._first: np.ndarray | None = logits
+        self._held: int | None = None  # the first token, its step queued on the next call (see __next__)
         self._out: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
         self.stopped = False  # set under the context's lock: no step is queued after it
         self.idle = threading.Event()  # no step of this run queued or under way
@@ -45,10 +46,21 @@ class StepRun:
             logits, self._first = self._first, None
             if self.left <= 0:
                 raise StopIteration
-            token, again = self._take(logits)
-            if not again:
+            token = self.pick(logits)
+            self.left -= 1
+            if token != self.slot.eos_id and self.left > 0:
+                self._held = token
+            else:
                 self._out.put(None)
+            self.n_past += 1
             return token
+        if self._held is not None:
+            # the first token's step is queued only now, when the caller asks for the next token:
+            # its piece is out first, so the step's threads do not take the cores the first piece
+            # needs on its way to the client (the first token's time is what a client waits for)
+            token, self._held = self._held, None
+            if not self.slot.context.follow(self, token, self.n_past - 1):
+                raise StopIteration
         item = self._out.get()
         if item is None:
             raise StopIteration

@@ -20,6 +20,9 @@ class Pieces:
         self._pending = False  # a wake-up is scheduled or the reader has not looked yet
         self._closed = False
         self._ready = asyncio.Event()
+        self._reading = False  # a reader has asked (a stream: no one reads a whole response's pieces)
+        self._given = 0  # chunks handed to the reader
+        self._sent = threading.Event()  # the reader asked again after a chunk: that chunk went out
 
     def put(self, piece: str, loop: asyncio.AbstractEventLoop) -> None:
         """Worker thread: add a piece; wake the loop only if no wake-up is pending."""
@@ -36,8 +39,17 @@ class Pieces:
             self._closed = True
         self._ready.set()
 
+    def wait_sent(self, timeout: float) -> None:
+        """Worker thread: until the reader has sent the chunk it took (at most `timeout` s); at once
+        when no one reads."""
+        if self._reading:
+            self._sent.wait(timeout)
+
     async def get(self) -> str | None:
         """Loop: everything produced since the last call, joined; None once closed and empty."""
+        self._reading = True
+        if self._given:
+            self._sent.set()
         while True:
             self._ready.clear()
             with self._lock:
@@ -45,6 +57,7 @@ class Pieces:
                 if self._buffer:
                     chunk = "".join(self._buffer)
                     self._buffer.clear()
+                    self._given += 1
                     return chunk
                 if self._closed:
                     return None
