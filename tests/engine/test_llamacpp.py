@@ -144,14 +144,19 @@ def test_tokens_are_sampled_on_the_step_thread_and_a_stop_ends_the_run(context):
     assert tokens == generate(slot, prompt, cache_prompt=False, max_new_tokens=5, **GREEDY).tokens
 
 
+def first_token_of(context, slot, prompt, limit):
+    """A greedy run on `slot` after `prompt`, its first token taken; (run, token, steps before it)."""
+    slot.eval(prompt, 0)
+    run = slot.decode(slot.logits().copy(), lambda logits: int(np.argmax(logits)), len(prompt), limit)
+    steps = context.steps
+    return run, next(run), steps
+
+
 def test_the_first_tokens_step_is_queued_only_when_the_next_token_is_asked_for(context):
     """The first piece goes out before the second token's step takes the cores (scheduler._pump)."""
     prompt = context.tokenizer.encode("First things first")
     slot = context.slots[2]
-    slot.eval(prompt, 0)
-    run = slot.decode(slot.logits().copy(), lambda logits: int(np.argmax(logits)), len(prompt), 4)
-    steps = context.steps
-    first = next(run)
+    run, first, steps = first_token_of(context, slot, prompt, 4)
     time.sleep(0.05)
     assert context.steps == steps and run.idle.is_set()  # nothing queued or decoded for it yet
     rest = [next(run) for _ in range(3)]
@@ -162,12 +167,7 @@ def test_the_first_tokens_step_is_queued_only_when_the_next_token_is_asked_for(c
 
 
 def test_a_run_stopped_after_its_first_token_queues_no_step(context):
-    prompt = context.tokenizer.encode("Only one")
-    slot = context.slots[3]
-    slot.eval(prompt, 0)
-    run = slot.decode(slot.logits().copy(), lambda logits: int(np.argmax(logits)), len(prompt), 10)
-    steps = context.steps
-    next(run)
+    run, _, steps = first_token_of(context, context.slots[3], context.tokenizer.encode("Only one"), 10)
     run.close()  # as a generation whose first piece met a stop string
     time.sleep(0.05)
     assert context.steps == steps and run.idle.is_set()
