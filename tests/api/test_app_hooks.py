@@ -21,6 +21,6 @@ def test_no_per_request_hook_runs_in_a_thread(settings_for, tiny_model) -> None:
     for route in app.routes:
         for handler in getattr(route, "route_handlers", ()):
             hooks = [*handler.resolve_guards(), handler.before_request]
-            threaded += [f"{handler.name or handler.fn.__name__}: {name_of(h)}" for h in hooks
+            threaded += [f"{handler.handler_name}: {name_of(h)}" for h in hooks
                          if isinstance(h, AsyncCallable)]
     assert threaded == []
