@@ -39,13 +39,14 @@ def usage(group: JobGroup, n: int) -> CompletionUsage:
 
 
 def finish(job: Job) -> str:
+    """The finish reason a choice reports."""
     return job.finish_reason or "error"
 
 
 async def admit(runtime: Runtime, request: Request, data: Any,
-                 prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
-                 exclude: tuple[str, ...], inputs: dict[str, Any] | None = None,
-                 size: int | None = None) -> tuple[str, JobGroup, Scheduler]:
+                prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
+                exclude: tuple[str, ...], inputs: dict[str, Any] | None = None,
+                size: int | None = None) -> tuple[str, JobGroup, Scheduler]:
     """Validate everything, then admit every choice of every prompt as one group (or raise).
 
     `inputs` are request fields the log keeps beside the prompt (when it keeps prompts), for replay;
@@ -53,14 +54,15 @@ async def admit(runtime: Runtime, request: Request, data: Any,
     """
     async with runtime.serving(data.model) as scheduler:  # loads the model first if needed
         rid, group = await admit_to(scheduler, runtime, request, data, prompts, endpoint_id, plan, exclude, inputs,
-                                     size)
+                                    size)
     return rid, group, scheduler
 
 
 async def admit_to(scheduler: Scheduler, runtime: Runtime, request: Request, data: Any,
-                    prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
-                    exclude: tuple[str, ...], inputs: dict[str, Any] | None,
-                    size: int | None) -> tuple[str, JobGroup]:
+                   prompts: Callable[[Scheduler], list[tuple[str, list[int]]]], endpoint_id: str, plan: Plan,
+                   exclude: tuple[str, ...], inputs: dict[str, Any] | None,
+                   size: int | None) -> tuple[str, JobGroup]:
+    """admit's work on a loaded model: tokenize, check every choice's limits, admit the group."""
     scheduler.check_capacity()  # refuse at once under overload, before spending time on tokens
     planned = await runtime.prepare(prompts, scheduler, size=size)
     bias = logit_bias(data, scheduler.engine.vocab_size)
@@ -131,9 +133,11 @@ async def merged(runtime: Runtime, group: JobGroup) -> AsyncIterator[tuple[int, 
 
 
 def error_event(exc: GenerationFailed) -> bytes:
+    """The SSE event that ends a /v1 stream whose generation failed, in OpenAI's error shape."""
     _, body = openai_error(500, "generation_failed", f"generation failed: {exc.message}")
     return sse.event(body)
 
 
 def sse_stream(body: AsyncIterator[bytes]) -> Stream:
+    """A Server-Sent Events response of `body`'s events."""
     return Stream(body, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
