@@ -25,7 +25,8 @@ class Generation:
     """One running generation: iterate it for text pieces; then read why it ended."""
 
     def __init__(self, engine: Backend, prompt_ids: list[int], params: SamplingParams,
-                 cancel: threading.Event | None, deadline: float | None, cache_prompt: bool = True) -> None:
+                 cancel: threading.Event | None, deadline: float | None, cache_prompt: bool = True,
+                 exact: bool = True) -> None:
         self.engine = engine
         self.prompt_ids = prompt_ids
         self.params = params
@@ -42,12 +43,15 @@ class Generation:
         cache_prompt = cache_prompt and params.prompt_logprobs is None  # scoring evaluates every position
         self._again = last_prompt(engine, prompt_ids) if cache_prompt else None  # the very same prompt
         self.batch = engine.prompt_batch  # prompt tokens per eval call
-        self.cached_tokens = reusable(held(engine), prompt_ids, self.batch) if cache_prompt else 0
+        self.exact = exact  # reuse whole aligned batches only (bit-exact), else to the token (engine/prefix.py)
+        unit = self.batch if exact else 1
+        self.cached_tokens = reusable(held(engine), prompt_ids, unit) if cache_prompt else 0
         self.prompt_evaluated = 0  # prompt tokens evaluated so far (past the cached ones)
         self._held = list(prompt_ids[: self.cached_tokens])
         if self._again is not None:
             self.cached_tokens = len(prompt_ids)
-            self._held = list(held(engine))  # unchanged: the KV state is kept whole
+            # exact: unchanged, the KV state is kept whole; to the token: the prompt, then this reply
+            self._held = list(held(engine)) if exact else list(prompt_ids)
         self._text = TextStream(tuple(params.stop))
         self._tokens: TokenRun | None = None  # the engine's sampled tokens, once decoding starts
 
@@ -84,7 +88,10 @@ class Generation:
                 if self._tokens is not None:  # a step under way ends before the state is handed on
                     self._tokens.close()
             finally:
-                self.engine.sequence = self._held  # what the next request may reuse (see engine/prefix.py)
+                # what the next request may reuse (see engine/prefix.py); to the token, the reply too:
+                # every token but the last was evaluated after the prompt (the last never is)
+                whole = not self.exact and len(self._held) == len(self.prompt_ids)
+                self.engine.sequence = self._held + self.tokens[:-1] if whole else self._held
                 self.engine.end(self.finish_reason)
 
     def _run(self) -> Iterator[str]:
@@ -109,7 +116,8 @@ class Generation:
             eng.eval(batch, n_past)
             n_past += len(batch)
             self.prompt_evaluated += len(batch)
-            if len(batch) == self.batch:  # a whole aligned batch: as a fresh evaluation computes it
+            # exact: only a whole aligned batch, as a fresh evaluation computes it
+            if len(batch) == self.batch or not self.exact:
                 self._held += batch
         if self._again is not None:
             logits = self._again.logits.copy()  # a copy: the sampler may work in place
@@ -166,13 +174,14 @@ def check_fits(context_length: int, prompt_tokens: int, max_new_tokens: int) -> 
 
 def start_generation(backend: Backend, prompt_ids: list[int], params: SamplingParams, *,
                      cancel: threading.Event | None = None, deadline: float | None = None,
-                     cache_prompt: bool = True) -> Generation:
+                     cache_prompt: bool = True, exact: bool = True) -> Generation:
     """Check the limits and return a generation to iterate (in a worker thread); with
-    cache_prompt, the prefix the instance already holds is not evaluated again."""
+    cache_prompt, the prefix the instance already holds is not evaluated again (exact: whole
+    prompt batches only, so the results are bit for bit those without reuse)."""
     if not prompt_ids:
         raise ContextOverflow("the prompt has no tokens", field="prompt")
     check_fits(backend.context_length, len(prompt_ids), params.max_new_tokens)
-    return Generation(backend, prompt_ids, params, cancel, deadline, cache_prompt)
+    return Generation(backend, prompt_ids, params, cancel, deadline, cache_prompt, exact)
 
 
 class Generates:
@@ -199,7 +208,7 @@ class Generates:
 
     def generate(self, prompt_ids: list[int], params: SamplingParams, *,
                  cancel: threading.Event | None = None, deadline: float | None = None,
-                 cache_prompt: bool = True) -> Generation:
+                 cache_prompt: bool = True, exact: bool = True) -> Generation:
         """A generation to iterate (in a worker thread) for text pieces as tokens are sampled."""
         return start_generation(self, prompt_ids, params, cancel=cancel, deadline=deadline,
-                                cache_prompt=cache_prompt)
+                                cache_prompt=cache_prompt, exact=exact)

@@ -10,6 +10,11 @@ their SIMD/scalar split; measured: up to 3e-3 on logits of magnitude 60, enough 
 sample). So `sequence` holds only tokens evaluated in whole prompt batches aligned to the batch
 size, exactly the calls a fresh evaluation of the same prompt makes, and reuse is a whole
 number of those batches: the evaluation after it is the fresh one's, call for call.
+
+With MINIVAULT_CACHE_EXACT=false, reuse goes to the token, as llama-server's does: `sequence`
+holds every prompt token evaluated and then the reply's tokens that were evaluated (all but the
+last), so a conversation's next turn evaluates only what is new; its logits may then differ in
+the last bits from a fresh evaluation's (README: Timings and prefix reuse).
 """
 
 from __future__ import annotations

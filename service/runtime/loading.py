@@ -139,7 +139,8 @@ def load_model(model_id: str, path: Path, workers: int, threads: int, libs: Libr
         libs.give_back(taken)
         raise
     scheduler = Scheduler(engines, max_queue=settings.max_queue, timeout_s=settings.timeout_s,
-                          on_finish=on_finish, model_id=model_id, model_sha256=sha256)
+                          on_finish=on_finish, model_id=model_id, model_sha256=sha256,
+                          exact_reuse=settings.cache_exact)
     return Loaded(scheduler, manifest, sha256, taken)
 
 
@@ -194,7 +195,8 @@ def _load_llamacpp(model_id: str, path: Path, gguf: Path | None, parallel: int, 
         _discard(tmpdir)
 
     scheduler = Scheduler(context.slots, max_queue=settings.max_queue, timeout_s=settings.timeout_s,
-                          on_finish=on_finish, model_id=model_id, model_sha256=sha256, engine="llamacpp")
+                          on_finish=on_finish, model_id=model_id, model_sha256=sha256, engine="llamacpp",
+                          exact_reuse=settings.cache_exact)
     return Loaded(scheduler, manifest, sha256, [], release=release)
 
 

@@ -40,7 +40,7 @@ class Scheduler:
 
     def __init__(self, engines: Sequence[Engine], *, max_queue: int, timeout_s: float,
                  on_finish: Callable[[Job], None], model_id: str = "", model_sha256: str | None = None,
-                 engine: str = "ctransformers") -> None:
+                 engine: str = "ctransformers", exact_reuse: bool = True) -> None:
         self.model_id = model_id
         self.engine_name = engine  # which library runs the model, for the log
         self.model_sha256 = model_sha256
@@ -53,6 +53,7 @@ class Scheduler:
         self._on_finish = on_finish
         self._jobs: set[Job] = set()
         self.draining = False
+        self.exact_reuse = exact_reuse  # prefix reuse in whole prompt batches (bit-exact), else to the token
 
     # --- what the HTTP layer asks -------------------------------------------------------------
     @property
@@ -197,11 +198,15 @@ class Scheduler:
             return None
         if job.cache_prompt:
             # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
-            best = max(self._free, key=lambda e: (served(e, job.prompt_ids, e.prompt_batch), -len(held(e))))
+            best = max(self._free, key=lambda e: (served(e, job.prompt_ids, self._unit(e)), -len(held(e))))
         else:
             best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others
         self._free.remove(best)
         return best
+
+    def _unit(self, engine: Engine) -> int:
+        """The tokens prefix reuse goes by on `engine`: its prompt batch (exact), or one."""
+        return engine.prompt_batch if self.exact_reuse else 1
 
     async def _acquire(self, job: Job) -> Engine:
         """A free engine (see _take_free), else wait in line for one."""
@@ -234,7 +239,8 @@ class Scheduler:
             job.finish_reason = "cancelled"
             return None
         gen = engine.generate(job.prompt_ids, job.params, cancel=job.cancel,
-                              deadline=job.started_at + self.timeout_s, cache_prompt=job.cache_prompt)
+                              deadline=job.started_at + self.timeout_s, cache_prompt=job.cache_prompt,
+                              exact=self.exact_reuse)
         job.generation = gen
         loop = asyncio.get_running_loop()
         return loop.run_in_executor(self._executor, self._pump, gen, job.pieces, loop)

@@ -93,3 +93,32 @@ def test_scheduler_sends_each_prompt_to_the_instance_holding_its_prefix(long_mod
     assert b2["usage"]["cached_tokens"] == batches_b > 0
     assert a2["usage"]["cached_tokens"] == batches_a > 0
     assert a3["usage"]["cached_tokens"] == batches_a
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("exact", [True, False], ids=["exact", "to-the-token"])
+def test_a_diverging_prompt_reuses_whole_batches_or_to_the_token(long_model, settings_for, exact):
+    """MINIVAULT_CACHE_EXACT: whole prompt batches (the default: results bit for bit those without
+    reuse), or to the token as llama-server does; native usage and /v1 usage say how many."""
+    client = start(settings_for(long_model, cache_exact=exact))
+    other = PROMPT_A[:100] + "and then the dragon woke"
+    try:
+        ids = [client.post("/tokenize", json={"text": t}).json()["tokens"] for t in (PROMPT_A, other)]
+        gen(client, PROMPT_A)
+        native = gen(client, other)
+        gen(client, PROMPT_A)
+        r = client.post("/v1/completions", json={"prompt": other, "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200, r.text
+    finally:
+        client.__exit__(None, None, None)
+    shared = common_prefix(*ids)
+    assert shared % 32 and shared > 32  # so the two ways differ
+    want = shared - shared % 32 if exact else shared
+    assert native["usage"]["cached_tokens"] == want
+    assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == want
