@@ -46,20 +46,18 @@ class StepRun:
             logits, self._first = self._first, None
             if self.left <= 0:
                 raise StopIteration
-            token = self.pick(logits)
-            self.left -= 1
-            if token != self.slot.eos_id and self.left > 0:
+            token, more = self._take(logits)
+            if more:
                 self._held = token
             else:
                 self._out.put(None)
-            self.n_past += 1
             return token
         if self._held is not None:
             # the first token's step is queued only now, when the caller asks for the next token:
             # its piece is out first, so the step's threads do not take the cores the first piece
             # needs on its way to the client (the first token's time is what a client waits for)
             token, self._held = self._held, None
-            if not self.slot.context.follow(self, token, self.n_past - 1):
+            if not self._follow(token):
                 raise StopIteration
         item = self._out.get()
         if item is None:
@@ -69,12 +67,15 @@ class StepRun:
         return item
 
     def _take(self, logits: np.ndarray) -> tuple[int, bool]:
-        """Pick a token and queue its step unless it is the last: (the token, whether it was queued)."""
+        """Pick a token at n_past and move past it: (the token, whether a step should follow it)."""
         token = self.pick(logits)
         self.left -= 1
-        again = token != self.slot.eos_id and self.left > 0 and self.slot.context.follow(self, token, self.n_past)
         self.n_past += 1
-        return token, again
+        return token, token != self.slot.eos_id and self.left > 0
+
+    def _follow(self, token: int) -> bool:
+        """Queue the step of `token` (the last one taken), unless the run was stopped."""
+        return self.slot.context.follow(self, token, self.n_past - 1)
 
     def stepped(self, ok: bool) -> None:
         """Step thread: the last token was decoded (ok) or not; pick the next one and go on."""
@@ -84,7 +85,8 @@ class StepRun:
                 return
             if not ok:
                 raise GenerationFailed("llama.cpp failed to decode the batch")
-            token, again = self._take(self.slot.logits())
+            token, more = self._take(self.slot.logits())
+            again = more and self._follow(token)
             self._out.put(token)
             if not again:
                 self._out.put(None)
