@@ -108,7 +108,7 @@ async def completions(request: Request, data: Annotated[CompletionRequest, _JSON
             return sse.event(Completion(id=rid, created=created, model=model, choices=[
                 CompletionChoice(index=i, text=text, logprobs=lp, finish_reason=finish)]))
 
-        async for i, item in jobs.merged(runtime, group):
+        async for i, item in jobs.merged(group):
             job = group.jobs[i]
             if isinstance(item, GenerationFailed):
                 yield jobs.error_event(item)
@@ -172,7 +172,7 @@ async def chat_completions(request: Request, data: Annotated[ChatRequest, _JSON]
             yield chunk(i, ChatDelta(role="assistant", content=""))
         sent = [0] * len(group.jobs)
         text_started = [False] * len(group.jobs)
-        async for i, item in jobs.merged(runtime, group):
+        async for i, item in jobs.merged(group):
             job = group.jobs[i]
             if isinstance(item, GenerationFailed):
                 yield jobs.error_event(item)

@@ -107,7 +107,7 @@ async def wait(request: Request, group: JobGroup) -> None:
             raise GenerationFailed(f"generation failed: {job.error}")
 
 
-async def merged(runtime: Runtime, group: JobGroup) -> AsyncIterator[tuple[int, str | None | GenerationFailed]]:
+async def merged(group: JobGroup) -> AsyncIterator[tuple[int, str | None | GenerationFailed]]:
     """(choice index, piece) from every job as produced; (index, None) when one ends, or its error."""
     queue: asyncio.Queue = asyncio.Queue()
 

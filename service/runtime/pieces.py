@@ -21,7 +21,7 @@ class Pieces:
         self._closed = False
         self._ready = asyncio.Event()
         self._reading = False  # a reader has asked (a stream: no one reads a whole response's pieces)
-        self._given = 0  # chunks handed to the reader
+        self._gave = False  # a chunk has been handed to the reader
         self._sent = threading.Event()  # the reader asked again after a chunk: that chunk went out
 
     def put(self, piece: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -48,7 +48,7 @@ class Pieces:
     async def get(self) -> str | None:
         """Loop: everything produced since the last call, joined; None once closed and empty."""
         self._reading = True
-        if self._given:
+        if self._gave:
             self._sent.set()
         while True:
             self._ready.clear()
@@ -57,7 +57,7 @@ class Pieces:
                 if self._buffer:
                     chunk = "".join(self._buffer)
                     self._buffer.clear()
-                    self._given += 1
+                    self._gave = True
                     return chunk
                 if self._closed:
                     return None
