@@ -13,31 +13,17 @@ from __future__ import annotations
 import functools
 import heapq
 import json
-import operator
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
-from service.errors import UnknownToken
 from service.fileio import write_atomic
 from service.tokenizer.pretokenize import pre_tokenize
+from service.tokenizer.vocab import TokenBytes, well_formed
 
 EOT = "<|endoftext|>"
 WORD_CACHE = 1 << 16  # pieces remembered with their BPE ids (English needs a few thousand)
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class UnknownTokenError(UnknownToken, ValueError):
-    """A token id outside the vocabulary."""
-
-    def __init__(self, token_id: object, vocab_size: int) -> None:
-        super().__init__(
-            f"token id {token_id!r} is outside the vocabulary: ids are 0 to {vocab_size - 1}", field="tokens"
-        )
-        self.token_id = token_id
-
 
 class TokenizerFormatError(ValueError):
     """A tokenizer file that is not a GPT-2 byte-level BPE MiniVault can run."""
@@ -61,7 +47,7 @@ _BYTE_OF = {c: b for b, c in _BYTE_CHARS.items()}
 _SPELL = {b: c for b, c in _BYTE_CHARS.items()}  # translate table for latin-1-decoded bytes
 
 
-class GPT2Tokenizer:
+class GPT2Tokenizer(TokenBytes):
     """GPT-2 byte-level BPE: encode text to ids and ids back to bytes/text."""
 
     def __init__(self, vocab: dict[str, int], merges: Iterable[tuple[str, str] | str | list[str]],
@@ -187,11 +173,7 @@ class GPT2Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; lone surrogates (not encodable as UTF-8) count as U+FFFD."""
-        if not text.isascii():
-            try:
-                text.encode()
-            except UnicodeEncodeError:
-                text = _SURROGATE.sub("\ufffd", text)
+        text = well_formed(text)
         ids: list[int] = []
         if self._special_re is None or not any(t in text for t in self._specials):
             self._encode_ordinary(text, ids)
@@ -249,20 +231,6 @@ class GPT2Tokenizer:
         return [s for s in syms if s is not None]
 
     # --- decoding ---------------------------------------------------------------------------
-
-    def token_bytes(self, token_id: int) -> bytes:
-        """The raw bytes of one token (may be part of a UTF-8 character); for streaming."""
-        try:
-            data = self._bytes[operator.index(token_id)] if 0 <= token_id < self.vocab_size else None
-        except TypeError:  # not an integer (numpy integers are fine)
-            data = None
-        if data is None:
-            raise UnknownTokenError(token_id, self.vocab_size)
-        return data
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""
-        return b"".join([self.token_bytes(i) for i in ids]).decode("utf-8", errors="replace")
 
     def id_to_token(self, token_id: int) -> str:
         """The vocabulary entry of an id (byte-level spelling, e.g. "Ġworld")."""

@@ -11,21 +11,19 @@ in time linear in the text.
 
 from __future__ import annotations
 
-import operator
 import re
 import sys
 from typing import Sequence
 
-from service.tokenizer.bpe import UnknownTokenError
+from service.tokenizer.vocab import TokenBytes, well_formed
 
 # GGML's pattern, as C++'s std::regex reads it in the "C" locale: [[:alpha:]] and [[:digit:]] are
 # ASCII, \s is space, tab, newline, vertical tab, form feed and carriage return (as Python's bytes
 # \s), and bytes above 0x7f belong to no class
 _WORDS = re.compile(rb"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-class GreedyTokenizer:
+class GreedyTokenizer(TokenBytes):
     """Longest-match tokenization over a GGML vocabulary (token bytes in id order)."""
 
     def __init__(self, vocab: Sequence[bytes], eos_id: int) -> None:
@@ -39,10 +37,7 @@ class GreedyTokenizer:
         """Token ids of `text`, as GGML's gpt_tokenize gives them."""
         ids: list[int] = []
         find, longest, skipped = self._ids.get, self._longest, 0
-        try:
-            data = text.encode("utf-8")
-        except UnicodeEncodeError:  # lone surrogates: U+FFFD, as the BPE tokenizer counts them
-            data = _SURROGATE.sub("\ufffd", text).encode("utf-8")
+        data = well_formed(text).encode("utf-8")  # lone surrogates: U+FFFD, as the BPE tokenizer counts them
         for word in _WORDS.findall(data):
             i, n = 0, len(word)
             while i < n:
@@ -60,16 +55,3 @@ class GreedyTokenizer:
                   "skipped", file=sys.stderr, flush=True)
         return ids
 
-    def token_bytes(self, token_id: int) -> bytes:
-        """The raw bytes of one token (may be part of a UTF-8 character)."""
-        try:
-            index = operator.index(token_id)
-        except TypeError:
-            raise UnknownTokenError(token_id, self.vocab_size) from None
-        if not 0 <= index < self.vocab_size:
-            raise UnknownTokenError(token_id, self.vocab_size)
-        return self._bytes[index]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        """Text of token ids; bytes that are not valid UTF-8 become U+FFFD."""
-        return b"".join([self.token_bytes(i) for i in ids]).decode("utf-8", errors="replace")

@@ -10,7 +10,7 @@ import pytest
 
 from service.engine.ctransformers_backend import Engine
 from service.formats.ggml.tiny import EOT, make_tiny_gpt2
-from service.tokenizer.bpe import UnknownTokenError
+from service.tokenizer.vocab import UnknownTokenError
 from service.tokenizer.greedy import GreedyTokenizer
 from tests.fixtures.gpt2_vocab import gpt2_vocab_bytes
 

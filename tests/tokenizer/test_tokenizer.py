@@ -15,10 +15,10 @@ from service.tokenizer.bpe import (
     EOT,
     GPT2Tokenizer,
     TokenizerFormatError,
-    UnknownTokenError,
     pre_tokenize,
 )
 from service.tokenizer.files import build_tokenizer_json, tokenizer_json_bytes
+from service.tokenizer.vocab import UnknownTokenError
 from tests.fixtures.gpt2_vocab import (
     gpt2_merges,
     gpt2_vocab,
