@@ -52,22 +52,28 @@ class Engine(Generates):
 
         self.model_path = Path(model_path)
         self.threads = threads
+        self._own_libdir = libdir is None  # made here, so removed here (close, or a failed load)
         self._libdir = libdir or Path(tempfile.mkdtemp(prefix="minivault-lib-"))
-        lib = _private_library(self._libdir, instance)
-        # check the file ourselves first: ctransformers may crash on a truncated or foreign file
-        self.header = read_gpt2(self.model_path)
         try:
-            self._llm = LLM(str(self.model_path), "gpt2", config=Config(threads=threads), lib=lib)
-        except (RuntimeError, ValueError) as exc:
-            raise ValueError(f"ctransformers could not load {self.model_path} as a GPT-2 GGML model: {exc}") from None
-        self.context_length = self._llm.context_length
-        self.vocab_size = self._llm.vocab_size
-        # without a tokenizer.json: GGML's greedy tokenizer, as ctransformers has it (in linear time)
-        self.tokenizer: Tokenizer = tokenizer or GreedyTokenizer(self.header.vocab, self._llm.eos_token_id)
-        if self.tokenizer.vocab_size != self.vocab_size:
-            raise ValueError(
-                f"tokenizer has {self.tokenizer.vocab_size} tokens but the model has {self.vocab_size}"
-            )
+            lib = _private_library(self._libdir, instance)
+            # check the file ourselves first: ctransformers may crash on a truncated or foreign file
+            self.header = read_gpt2(self.model_path)
+            try:
+                self._llm = LLM(str(self.model_path), "gpt2", config=Config(threads=threads), lib=lib)
+            except (RuntimeError, ValueError) as exc:
+                raise ValueError(f"ctransformers could not load {self.model_path} as a GPT-2 GGML model: "
+                                 f"{exc}") from None
+            self.context_length = self._llm.context_length
+            self.vocab_size = self._llm.vocab_size
+            # without a tokenizer.json: GGML's greedy tokenizer, as ctransformers has it (in linear time)
+            self.tokenizer: Tokenizer = tokenizer or GreedyTokenizer(self.header.vocab, self._llm.eos_token_id)
+            if self.tokenizer.vocab_size != self.vocab_size:
+                raise ValueError(
+                    f"tokenizer has {self.tokenizer.vocab_size} tokens but the model has {self.vocab_size}"
+                )
+        except BaseException:
+            self.close()  # the model if it was loaded, and the directory if this instance made it
+            raise
         eos = self.tokenizer.eos_id
         self.eos_id = eos if eos is not None else self._llm.eos_token_id
         self._logits_ptr = self._llm.ctransformers_llm_logits_data
@@ -98,3 +104,9 @@ class Engine(Generates):
         if llm is not None:
             llm.ctransformers_llm_delete()
             llm._llm = None
+        self._remove_libdir()
+
+    def _remove_libdir(self) -> None:
+        """Remove the library copy's directory if this instance made it (a loaded copy stays mapped)."""
+        if self._own_libdir:
+            shutil.rmtree(self._libdir, ignore_errors=True)

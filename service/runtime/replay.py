@@ -26,7 +26,11 @@ class LocalModel:
         manifest = load_manifest(self.path)
         self.sha256 = model_sha256(self.path, manifest)
         self._libdir = Path(tempfile.mkdtemp(prefix="minivault-lib-"))
-        self._engine = load_engines(self.path, 1, threads, self._libdir)[0]
+        try:
+            self._engine = load_engines(self.path, 1, threads, self._libdir)[0]
+        except BaseException:
+            shutil.rmtree(self._libdir, ignore_errors=True)
+            raise
 
     @property
     def engine(self) -> Any:
