@@ -46,7 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     allowed_hosts: str = ""  # comma-separated Host values accepted besides loopback and the listen address
     cors_origins: str = ""  # comma-separated origins allowed cross-origin requests; empty: CORS off
     cache_prompt: bool = True  # prefix reuse (llama-server's cache_prompt); false turns it off for every request
-    cache_exact: bool = True  # reuse whole prompt chunks only (bit-exact); false: to the token, replies included
+    cache_exact: bool = True  # reuse only what is bit-exact (engine/prefix.py); false: to the token, replies included
     replica: str = ""  # names this process in each log record when several replicas serve one model
     # several models (README: Several models): loaded on first use, unloaded when idle or short of room
     preload: str = ""  # models loaded at start: "" the default model, "none", "all", or comma-separated ids

@@ -12,6 +12,8 @@ from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from service.engine.prefix import Chunks
+
 
 class Tokenizer(Protocol):
     """What the engine needs from a tokenizer."""
@@ -47,9 +49,9 @@ class Backend(Protocol):
     # The last whole prompt and a copy of its logits (engine.prefix.LastPrompt, or None): the same
     # prompt again is served without any evaluation.
     last_prompt: object | None
-    # Prompt tokens per eval call (the library's limit or the measured best); prefix reuse keeps
-    # whole aligned batches of it (engine/prefix.py).
-    prompt_batch: int
+    # How a prompt goes into eval calls and what of it prefix reuse may take with a fresh
+    # evaluation's bits (engine.prefix.AlignedBatches or TiledChunks).
+    chunks: Chunks
 
     def begin(self) -> None: ...  # a generation starts on this instance (a batching engine waits for it)
     def end(self, finish_reason: str | None) -> None: ...  # and ends: why (cancelled ones free their state)

@@ -16,6 +16,7 @@ import numpy as np
 
 from service.engine.base import Tokenizer
 from service.engine.generation import PROMPT_BATCH, Generates
+from service.engine.prefix import AlignedBatches
 from service.errors import GenerationFailed
 from service.formats.ggml.format import read_gpt2
 from service.tokenizer.greedy import GreedyTokenizer
@@ -80,7 +81,7 @@ class Engine(Generates):
         self._batch_eval = self._llm.ctransformers_llm_batch_eval
         self.sequence: list[int] = []  # KV state held in ctransformers' context (see engine/prefix.py)
         self.last_prompt = None  # engine.prefix.LastPrompt: the last whole prompt and its logits
-        self.prompt_batch = PROMPT_BATCH
+        self.chunks = AlignedBatches(PROMPT_BATCH)  # exact reuse in whole batches (engine/prefix.py)
 
     def begin(self) -> None:
         """Nothing to do: one instance runs one sequence."""

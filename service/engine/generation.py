@@ -15,7 +15,7 @@ from service.engine.scoring import score_prompt
 from service.engine.textstream import TextStream
 from service.errors import ContextOverflow
 
-# Prompt tokens evaluated per call; cancellation is checked between batches. The wheel's library
+# ctransformers' prompt tokens per call; cancellation is checked between calls. The wheel's library
 # aborts the process above a limit that depends on the model's shape and the context filled so
 # far (tests/benchmarks/probe_prompt_batch.py finds it): 32 is the measured choice, see the README.
 PROMPT_BATCH = 32
@@ -42,10 +42,8 @@ class Generation:
         self.prompt_done_at: float | None = None  # the prompt's logits are ready
         cache_prompt = cache_prompt and params.prompt_logprobs is None  # scoring evaluates every position
         self._again = last_prompt(engine, prompt_ids) if cache_prompt else None  # the very same prompt
-        self.batch = engine.prompt_batch  # prompt tokens per eval call
-        self.exact = exact  # reuse whole aligned batches only (bit-exact), else to the token (engine/prefix.py)
-        unit = self.batch if exact else 1
-        self.cached_tokens = reusable(held(engine), prompt_ids, unit) if cache_prompt else 0
+        self.exact = exact  # reuse only what gives a fresh evaluation's bits, else to the token (engine/prefix.py)
+        self.cached_tokens = reusable(engine, prompt_ids, exact) if cache_prompt else 0
         self.prompt_evaluated = 0  # prompt tokens evaluated so far (past the cached ones)
         self._held = list(prompt_ids[: self.cached_tokens])
         if self._again is not None:
@@ -108,17 +106,17 @@ class Generation:
                 self.finish_reason = reason
                 return
             n_past = self.prompt_evaluated = len(self.prompt_ids)
-        for start in range(n_past, len(self.prompt_ids), self.batch):
+        total = len(self.prompt_ids)
+        while n_past < total:
             if reason := self._interrupted():
                 self.finish_reason = reason
                 return
-            batch = self.prompt_ids[start : start + self.batch]
-            eng.eval(batch, n_past)
-            n_past += len(batch)
-            self.prompt_evaluated += len(batch)
-            # exact: only a whole aligned batch, as a fresh evaluation computes it
-            if len(batch) == self.batch or not self.exact:
-                self._held += batch
+            chunk = self.prompt_ids[n_past : n_past + eng.chunks.size(n_past, total)]
+            eng.eval(chunk, n_past)
+            n_past += len(chunk)
+            self.prompt_evaluated += len(chunk)
+            # exact: only what a later prompt's fresh evaluation would compute with the same bits
+            self._held = self.prompt_ids[: eng.chunks.kept(n_past, total) if self.exact else n_past]
         if self._again is not None:
             logits = self._again.logits.copy()  # a copy: the sampler may work in place
         else:
@@ -176,8 +174,8 @@ def start_generation(backend: Backend, prompt_ids: list[int], params: SamplingPa
                      cancel: threading.Event | None = None, deadline: float | None = None,
                      cache_prompt: bool = True, exact: bool = True) -> Generation:
     """Check the limits and return a generation to iterate (in a worker thread); with
-    cache_prompt, the prefix the instance already holds is not evaluated again (exact: whole
-    prompt batches only, so the results are bit for bit those without reuse)."""
+    cache_prompt, the prefix the instance already holds is not evaluated again (exact: only as
+    far as its `chunks` allow, so the results are bit for bit those without reuse)."""
     if not prompt_ids:
         raise ContextOverflow("the prompt has no tokens", field="prompt")
     check_fits(backend.context_length, len(prompt_ids), params.max_new_tokens)

@@ -4,7 +4,7 @@ One LlamaContext holds one model and one llama.cpp context with up to `parallel`
 in its own KV stream. Each sequence is a LlamaSlot, a Backend as generation.py sees it (eval at
 positions, then logits), so tokenizer, sampler, stop strings and limits stay MiniVault's. A slot's
 eval joins the next step: one thread gathers what every running slot hands in (a token each, or a
-prompt chunk of at most `prompt_batch` tokens) and decodes it all in one llama_decode call. While
+prompt chunk, engine/prefix.py's TiledChunks) and decodes it all in one llama_decode call. While
 a slot generates, that thread also picks its next token as each step ends (with the sampler
 generation.py hands in: MiniVault's, not llama.cpp's) and queues it for the next step (engine/step_run.py).
 
@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from service.engine.base import Tokenizer
-from service.engine.llamacpp_slot import LlamaSlot
+from service.engine.llamacpp_slot import ROW_GROUP, TILE_ROWS, LlamaSlot
 from service.engine.step_run import StepRun
 from service.errors import GenerationFailed
 
@@ -35,9 +35,12 @@ from service.errors import GenerationFailed
 # (a generation between its prompt and its first token, or about to end): enough to decode them
 # together; generating slots are queued by the step thread itself and never waited for.
 GATHER_S = 0.003
-# Prompt tokens per decode call. Larger chunks evaluate faster per token, but a running stream
-# waits for the chunk its step carries (README, llama.cpp engine: measured).
+# Prompt tokens per decode call while other sequences generate: a running stream waits for the
+# chunk decoded after its step (README, llama.cpp engine: measured). With no other sequence
+# running, a prompt goes in calls of up to PROMPT_CHUNK_ALONE (llama-server's micro-batch):
+# fewer, larger calls evaluate it faster. Neither changes the bits (engine/prefix.py, TiledChunks).
 PROMPT_CHUNK = 128
+PROMPT_CHUNK_ALONE = 512
 
 
 @functools.cache
@@ -79,11 +82,15 @@ class LlamaContext:
     """A GPT-2 GGUF model in llama.cpp: one context, `parallel` sequence slots, one decode per step."""
 
     def __init__(self, model_path: str | Path, *, parallel: int, threads: int, tokenizer: Tokenizer,
-                 prompt_chunk: int = PROMPT_CHUNK) -> None:
+                 prompt_chunk: int = PROMPT_CHUNK, prompt_chunk_alone: int = PROMPT_CHUNK_ALONE) -> None:
         lc = self._lc = _lib()
         self.model_path = Path(model_path)
         self.threads = threads
-        self.prompt_chunk = prompt_chunk
+        if not (TILE_ROWS * 2 <= prompt_chunk <= prompt_chunk_alone
+                and prompt_chunk % ROW_GROUP == prompt_chunk_alone % ROW_GROUP == 0):
+            raise ValueError(f"prompt chunks of {prompt_chunk} and {prompt_chunk_alone}: need multiples of "
+                             f"{ROW_GROUP}, {TILE_ROWS * 2} <= chunk <= chunk alone")
+        self.prompt_chunk, self.prompt_chunk_alone = prompt_chunk, prompt_chunk_alone
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0
         self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mp)
@@ -99,7 +106,9 @@ class LlamaContext:
                 raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens but the model has {self.vocab_size}")
             cp = lc.llama_context_default_params()
             cp.n_ctx = self.context_length * parallel  # every sequence can fill the model's whole context
-            cp.n_batch = cp.n_ubatch = max(64, parallel * prompt_chunk)  # one step: every slot's chunk
+            cp.n_batch = cp.n_ubatch = max(prompt_chunk_alone, parallel)  # a prompt chunk, or a token per slot
+            # set, not left to "auto": which prompt cuts give the same bits is this kernel's (TILE_ROWS)
+            cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
             cp.n_seq_max = parallel
             cp.kv_unified = False  # a KV stream per sequence: its attention never sees another's cells
             cp.n_threads = cp.n_threads_batch = threads
@@ -130,8 +139,8 @@ class LlamaContext:
     # --- what slots ask ----------------------------------------------------------------------
     def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> None:
         """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; wait for it."""
-        if not 0 < len(tokens) <= self.prompt_chunk:
-            raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self.prompt_chunk} fit a step")
+        if not 0 < len(tokens) <= self._n_batch:
+            raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self._n_batch} fit a step")
         job = _Eval(slot, list(tokens), n_past)
         with self._cv:
             if self._closing:
@@ -167,6 +176,12 @@ class LlamaContext:
         with self._cv:
             (self._active.add if on else self._active.discard)(slot.seq_id)
             self._cv.notify_all()
+
+    def chunk_limit(self, slot: "LlamaSlot") -> int:
+        """The largest prompt chunk for `slot` now: smaller while other sequences generate."""
+        with self._cv:
+            alone = not self._active - {slot.seq_id}
+        return self.prompt_chunk_alone if alone else self.prompt_chunk
 
     def forget(self, slot: "LlamaSlot") -> None:
         """Free the KV cells of `slot`'s sequence now (it was cancelled or failed)."""

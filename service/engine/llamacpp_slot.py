@@ -8,7 +8,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from service.engine.generation import Generates
+from service.engine.prefix import TiledChunks
 from service.engine.step_run import StepRun
+
+# ggml's CPU flash attention takes a call of at least TILE_ROWS query rows by tiles, a smaller one
+# row by row (GGML_FA_TILE_Q); its repacked weights multiply ROW_GROUP rows at a time, the rest with
+# another kernel: each pair gives different bits (engine/prefix.py, TiledChunks).
+TILE_ROWS = 64
+ROW_GROUP = 4
+
 
 class LlamaSlot(Generates):
     """One sequence of a LlamaContext: the Backend generation.py drives."""
@@ -22,7 +30,7 @@ class LlamaSlot(Generates):
         self.vocab_size = context.vocab_size
         self.eos_id = context.eos_id
         self.tokenizer = context.tokenizer
-        self.prompt_batch = context.prompt_chunk
+        self.chunks = TiledChunks(TILE_ROWS, ROW_GROUP, lambda: context.chunk_limit(self))
         self._logits = np.zeros(self.vocab_size, np.float32)
         self.kv_len = 0  # positions 0..kv_len-1 of this sequence hold KV state
         self._sequence: list[int] = []

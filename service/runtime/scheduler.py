@@ -53,7 +53,7 @@ class Scheduler:
         self._on_finish = on_finish
         self._jobs: set[Job] = set()
         self.draining = False
-        self.exact_reuse = exact_reuse  # prefix reuse in whole prompt batches (bit-exact), else to the token
+        self.exact_reuse = exact_reuse  # prefix reuse only as far as it is bit-exact, else to the token
 
     # --- what the HTTP layer asks -------------------------------------------------------------
     @property
@@ -198,15 +198,11 @@ class Scheduler:
             return None
         if job.cache_prompt:
             # the longest reusable prefix; among equals, the emptiest (keep full caches for others)
-            best = max(self._free, key=lambda e: (served(e, job.prompt_ids, self._unit(e)), -len(held(e))))
+            best = max(self._free, key=lambda e: (served(e, job.prompt_ids, self.exact_reuse), -len(held(e))))
         else:
             best = min(self._free, key=lambda e: len(held(e)))  # keep the fullest caches for others
         self._free.remove(best)
         return best
-
-    def _unit(self, engine: Engine) -> int:
-        """The tokens prefix reuse goes by on `engine`: its prompt batch (exact), or one."""
-        return engine.prompt_batch if self.exact_reuse else 1
 
     async def _acquire(self, job: Job) -> Engine:
         """A free engine (see _take_free), else wait in line for one."""

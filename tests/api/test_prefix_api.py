@@ -9,6 +9,7 @@ from litestar.testing import TestClient
 
 from service.api.app import create_app
 from tests.api.test_api import wait_ready
+from tests.support.engines import ENGINES, require_llamacpp
 from tests.support.server import read_log
 
 PROMPT_A = "In a hole in the ground there lived a hobbit. " * 3
@@ -122,3 +123,35 @@ def test_a_diverging_prompt_reuses_whole_batches_or_to_the_token(long_model, set
     want = shared - shared % 32 if exact else shared
     assert native["usage"]["cached_tokens"] == want
     assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == want
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_reuses_what_stays_exact_and_usage_says_how_much(long_model, settings_for, engine):
+    """Exact reuse by default: whole 32-token batches on ctransformers; on llama.cpp to a multiple
+    of 4, leaving 64 tokens or more to evaluate (engine/prefix.py). The text is the uncached one."""
+    if engine == "llamacpp":
+        require_llamacpp()
+    client = start(settings_for(long_model, engine=engine, parallel=1))
+    story = " ".join(f"Line {i} of the story." for i in range(40))
+    turns = (story[:500] + " And then the dragon woke up, hungry and cross." * 6,  # a long new part
+             story[:-20] + " The end.")  # a short one
+    try:
+        results = []
+        for other in turns:
+            ids = [client.post("/tokenize", json={"text": t}).json()["tokens"] for t in (story, other)]
+            gen(client, story)
+            native = gen(client, other)
+            fresh = gen(client, other, cache_prompt=False)
+            gen(client, story)
+            r = client.post("/v1/completions", json={"prompt": other, "max_tokens": 4, "temperature": 0})
+            assert r.status_code == 200, r.text
+            results.append((ids, native, fresh, r.json()))
+    finally:
+        client.__exit__(None, None, None)
+    for (story_ids, other_ids), native, fresh, v1 in results:
+        shared = min(common_prefix(story_ids, other_ids), len(other_ids) - 1)
+        want = shared // 32 * 32 if engine == "ctransformers" else min(shared, len(other_ids) - 64) // 4 * 4
+        assert want > 64
+        assert native["usage"]["cached_tokens"] == want
+        assert v1["usage"]["prompt_tokens_details"]["cached_tokens"] == want
+        assert native["response"] == fresh["response"] and fresh["usage"]["cached_tokens"] == 0

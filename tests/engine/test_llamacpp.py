@@ -25,6 +25,10 @@ import numpy as np  # noqa: E402
 
 from service.engine.ctransformers_backend import Engine  # noqa: E402
 from service.engine.llamacpp_backend import LlamaContext, _Eval  # noqa: E402
+from service.engine.llamacpp_slot import ROW_GROUP, TILE_ROWS  # noqa: E402
+from service.engine.prefix import TiledChunks, shared  # noqa: E402
+from service.formats.convert import QUANTS  # noqa: E402
+from service.formats.ggml.tiny import make_tiny_gpt2  # noqa: E402
 from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from service.runtime.loading import gguf_tokenizer_for  # noqa: E402
 from tests.support.long_model import write_long_model  # noqa: E402
@@ -198,18 +202,121 @@ def test_unloading_during_a_run_ends_it_with_a_clear_error(q4_model, gguf):
     assert not closer.is_alive() and len(gen.tokens) < 800
 
 
-def test_prefix_reuse_gives_the_same_tokens_as_a_full_evaluation(context):
+def test_prefix_reuse_goes_to_the_token_with_the_same_tokens_as_a_full_evaluation(context):
     slot = context.slots[3]
-    base = context.tokenizer.encode("x" * (context.prompt_chunk * 2 + 10))
+    base = context.tokenizer.encode(" ".join(f"item {i}," for i in range(60)))  # > 128 tokens
     first = generate(slot, base, max_new_tokens=5, **GREEDY)
-    assert first.cached_tokens == 0
-    prompt = base + context.tokenizer.encode(" and more")
-    reused = slot.generate(prompt, SamplingParams(max_new_tokens=30, **GREEDY))
-    list(reused)
-    assert reused.cached_tokens == 2 * context.prompt_chunk
-    fresh = slot.generate(prompt, SamplingParams(max_new_tokens=30, **GREEDY), cache_prompt=False)
-    list(fresh)
-    assert fresh.cached_tokens == 0 and fresh.tokens == reused.tokens
+    assert first.cached_tokens == 0 and slot.sequence == base
+    short_tail = base + context.tokenizer.encode(" and more")
+    long_tail = base + context.tokenizer.encode(" and then" * 40)
+    for prompt, want in ((short_tail, (len(short_tail) - 64) // 4 * 4), (long_tail, len(base) // 4 * 4)):
+        generate(slot, base, max_new_tokens=5, **GREEDY)  # base's cells again
+        reused = generate(slot, prompt, max_new_tokens=30, **GREEDY)
+        assert reused.cached_tokens == want  # the rest is 64 tokens or more, from a multiple of 4
+        fresh = generate(slot, prompt, cache_prompt=False, max_new_tokens=30, **GREEDY)
+        assert fresh.cached_tokens == 0 and fresh.tokens == reused.tokens
+
+
+def prompt_calls(slot, prompt):
+    """The sizes of the eval calls a fresh evaluation of `prompt` makes on `slot`, and its logits."""
+    sizes: list[int] = []
+
+    def spy(tokens, n_past):
+        sizes.append(len(tokens))
+        type(slot).eval(slot, tokens, n_past)
+
+    slot.eval = spy
+    try:
+        generate(slot, prompt, cache_prompt=False, max_new_tokens=1, **GREEDY)
+    finally:
+        del slot.eval
+    return sizes, slot.last_prompt.logits.copy()
+
+
+def test_prompt_calls_are_larger_alone_and_give_the_same_bits_beside_a_stream(context):
+    prompt = context.tokenizer.encode(" ".join(f"word{i}" for i in range(300)))[:700]
+    alone, logits_alone = prompt_calls(context.slots[2], prompt)
+    assert alone == [512, len(prompt) - 512]  # llama-server's micro-batch when nothing else runs
+    stop = threading.Event()
+    streaming = threading.Event()
+
+    def stream() -> None:
+        gen = context.slots[0].generate(context.tokenizer.encode("Hello"), SamplingParams(max_new_tokens=900, **GREEDY),
+                                        cancel=stop)
+        for _ in gen:
+            streaming.set()
+
+    runner = threading.Thread(target=stream)
+    runner.start()
+    try:
+        assert streaming.wait(30)
+        beside, logits_beside = prompt_calls(context.slots[2], prompt)
+    finally:
+        stop.set()
+        runner.join(60)
+    assert max(beside) == 128 and min(beside) >= 64 and sum(beside) == len(prompt)  # streams keep flowing
+    assert np.array_equal(logits_alone, logits_beside)
+
+
+def logits_of_calls(slot, prompt, calls, start=0):
+    """The last position's logits after evaluating prompt[start:] in calls of these sizes (from
+    an empty sequence when start is 0, else on the cells the slot holds)."""
+    if not start:
+        slot.context.forget(slot)
+    for size in calls:
+        slot.eval(prompt[start : start + size], start)
+        start += size
+    return slot.logits().copy()
+
+
+def test_a_call_under_64_tokens_sums_other_bits_so_reuse_leaves_64_to_evaluate(context):
+    """Why TiledChunks' floor: llama.cpp's flash attention takes a call of 64 rows or more by tiles,
+    a smaller one row by row. Measured here: reusing all but 9 tokens of a prompt gives other logits
+    than its fresh evaluation (not far off); reusing all but 64 gives the same bits."""
+    slot = context.slots[1]
+    prompt = context.tokenizer.encode(" ".join(f"row {i}" for i in range(120)))[:300]
+    try:
+        fresh = logits_of_calls(slot, prompt, [300])
+        assert np.array_equal(logits_of_calls(slot, prompt, [236, 64]), fresh)
+        assert np.array_equal(logits_of_calls(slot, prompt, [100, 136, 64]), fresh)
+        short = logits_of_calls(slot, prompt, [291, 9])
+    finally:
+        slot.sequence, slot.last_prompt = [], None  # its cells are not what sequence said
+    assert not np.array_equal(short, fresh)
+    assert np.abs(short - fresh).max() < 0.01 * np.abs(fresh).max()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ftype", QUANTS)
+def test_every_weight_type_gives_the_same_bits_for_every_cut_the_plan_makes(ftype, threads, tmp_path):
+    """TiledChunks' promise, on each weight type llama.cpp runs here (repacked or not): a prompt
+    evaluated in calls of any size the plan allows, or reused to the token from another prompt's
+    cells, ends in the very logits of one call over all of it."""
+    model = tmp_path / "model.bin"
+    make_tiny_gpt2(model, n_embd=512, n_head=8, n_layer=2, ftype=ftype, scale=0.3)  # k-quant rows: 256s
+    gguf = ggml_to_gguf(model, tmp_path / "model.gguf")
+    ctx = LlamaContext(gguf, parallel=1, threads=threads, tokenizer=gguf_tokenizer_for(model, gguf))
+    slot = ctx.slots[0]
+    rng = np.random.default_rng(3)
+    a = [int(t) for t in rng.integers(0, 256, 333)]
+    b = a[:150] + [int(t) for t in rng.integers(0, 256, 183)]
+
+    def logits(prompt, limit, start=0):
+        plan = TiledChunks(TILE_ROWS, ROW_GROUP, lambda: limit)
+        calls, done = [], start
+        while done < len(prompt):
+            calls.append(plan.size(done, len(prompt)))
+            done += calls[-1]
+        return logits_of_calls(slot, prompt, calls, start)
+
+    try:
+        whole = logits(b, 512)
+        assert np.array_equal(logits(b, 128), whole)  # 128, 128, 77: cut as beside running streams
+        logits(a, 256)
+        k = slot.chunks.reuse(shared(a, b), len(b))
+        assert k == 148 and np.array_equal(logits(b, 128, start=k), whole)
+    finally:
+        ctx.close()
 
 
 def test_same_weights_give_ctransformers_greedy_continuation(long_model, tmp_path):

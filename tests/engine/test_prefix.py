@@ -1,5 +1,5 @@
 """Prefix reuse and prompt timings on real models written by the project's writer, on both engines
-(tests/engine/conftest.py): each reuses its prompt in whole batches of its own size."""
+(tests/engine/conftest.py): each reuses what its own prompt plan (engine.chunks) says is exact."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.engine.prefix import reusable
+from service.engine.prefix import AlignedBatches, TiledChunks, shared
 from service.engine.sampling import SamplingParams
 
 GREEDY = dict(temperature=0.0, repetition_penalty=1.0)
@@ -26,32 +26,59 @@ def generate(engine, prompt_ids, cache_prompt=True, exact=True, **params):
     return gen, text
 
 
-def test_reusable_is_the_shared_prefix_in_whole_batches_and_keeps_the_last_prompt_token():
-    assert reusable([1, 2, 3, 4], [1, 2, 9, 4], batch=1) == 2
-    assert reusable([1, 2, 3], [1, 2, 3], batch=1) == 2  # the last token is evaluated again for its logits
-    assert reusable([1, 2, 3], [1, 2, 3, 4, 5], batch=1) == 3
-    assert reusable([], [1, 2], batch=1) == 0 and reusable([5], [1, 2], batch=1) == 0
-    seq = list(range(64))
-    assert reusable(seq, seq + [7], batch=32) == 64
-    assert reusable(seq, seq, batch=32) == 32  # 63 shared tokens make one whole batch
-    assert reusable(seq, seq[:40] + [99] * 30, batch=32) == 32
+def test_shared_prefix_keeps_the_last_prompt_token():
+    assert shared([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert shared([1, 2, 3], [1, 2, 3]) == 2  # the last token is evaluated again for its logits
+    assert shared([1, 2, 3], [1, 2, 3, 4, 5]) == 3
+    assert shared([], [1, 2]) == 0 and shared([5], [1, 2]) == 0
 
 
-def test_instance_holds_the_whole_prompt_batches_of_its_last_sequence(engine):
-    prompt = engine.tokenizer.encode("The cat sat on the mat " * 7)
-    batch = engine.prompt_batch
-    assert len(prompt) % batch and len(prompt) > batch
+def test_aligned_batches_reuse_and_keep_whole_batches():
+    plan = AlignedBatches(32)
+    assert [plan.size(d, 70) for d in (0, 32, 64)] == [32, 32, 6]
+    assert plan.reuse(63, 100) == 32 and plan.reuse(64, 100) == 64 and plan.reuse(31, 40) == 0
+    assert plan.kept(70, 70) == 64 and plan.kept(32, 70) == 32
+
+
+def test_tiled_chunks_make_calls_of_64_or_more_starting_at_multiples_of_4():
+    limit = [512]
+    plan = TiledChunks(64, 4, lambda: limit[0])
+
+    def cuts(done, total):
+        out = []
+        while done < total:
+            out.append(plan.size(done, total))
+            done += out[-1]
+        return out
+
+    assert cuts(0, 1000) == [512, 488] and cuts(0, 540) == [476, 64] and cuts(0, 63) == [63]
+    limit[0] = 128
+    assert cuts(0, 300) == [128, 108, 64] and cuts(0, 129) == [64, 65] and cuts(236, 300) == [64]
+    for n in range(64, 1025):
+        calls = cuts(0, n)
+        assert min(calls) >= 64 and all(c % 4 == 0 for c in calls[:-1]) and sum(calls) == n
+    assert plan.reuse(200, 300) == 200 and plan.reuse(290, 300) == 236  # what is left: 64 or more
+    assert plan.reuse(203, 400) == 200  # calls start at multiples of 4
+    assert plan.reuse(40, 63) == 0 and plan.kept(40, 63) == 0  # a prompt under 64 is one call, not kept
+    assert plan.kept(300, 300) == 300 and plan.kept(128, 300) == 128
+
+
+def test_instance_holds_what_its_plan_keeps_of_its_last_prompt(engine):
+    prompt = engine.tokenizer.encode("The cat sat on the mat " * 14)
+    assert len(prompt) % 32 and len(prompt) > 64  # ctransformers keeps whole batches of 32 of it
     generate(engine, prompt, max_new_tokens=10, **GREEDY)
-    assert engine.sequence == prompt[: len(prompt) - len(prompt) % batch]
+    kept = engine.chunks.kept(len(prompt), len(prompt))
+    assert engine.sequence == prompt[:kept] and kept > 64
 
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
 def test_reuse_gives_the_same_tokens_as_a_full_evaluation(engine, params):
-    first = engine.tokenizer.encode("Once upon a time there was a " * 6)  # > one prompt batch
+    first = engine.tokenizer.encode("Once upon a time there was a " * 12)  # > one prompt batch, > 64 tokens
     gen_a, _ = generate(engine, first, max_new_tokens=20, **params)
     follow = first + gen_a.tokens + engine.tokenizer.encode(" and then")  # a conversation's next turn
     cached, cached_text = generate(engine, follow, max_new_tokens=60, **params)
-    assert cached.cached_tokens == len(first) - len(first) % engine.prompt_batch > 0
+    # llama.cpp: to the token, less what makes the evaluated rest 64 tokens; ctransformers: whole batches
+    assert cached.cached_tokens == engine.chunks.reuse(len(first), len(follow)) > 0
     assert cached.prompt_evaluated == len(follow) - cached.cached_tokens
     full, full_text = generate(engine, follow, cache_prompt=False, max_new_tokens=60, **params)
     assert full.cached_tokens == 0 and full.prompt_evaluated == len(follow)
@@ -75,15 +102,16 @@ def test_same_prompt_after_another_is_evaluated_again(engine):
 
 
 @pytest.mark.parametrize("params", [GREEDY, SEEDED], ids=["greedy", "seeded"])
-def test_diverging_prompt_reuses_only_the_shared_batches(engine, params):
-    batch = engine.prompt_batch
-    a = engine.tokenizer.encode("Alpha beta gamma delta " * 20)
-    b = a[: 2 * batch + 11] + engine.tokenizer.encode(" zeta eta theta")
-    generate(engine, a, max_new_tokens=5, **params)
-    gen_b, _ = generate(engine, b, max_new_tokens=40, **params)
-    assert gen_b.cached_tokens == 2 * batch
-    full, _ = generate(engine, b, cache_prompt=False, max_new_tokens=40, **params)
-    assert gen_b.tokens == full.tokens
+def test_diverging_prompt_reuses_what_the_plan_allows_of_the_shared_prefix(engine, params):
+    a = engine.tokenizer.encode("Alpha beta gamma delta " * 30)
+    for cut, tail in ((75, " zeta eta theta"), (75, " zeta eta theta and much more " * 12), (97, "")):
+        b = a[:cut] + engine.tokenizer.encode(tail)
+        generate(engine, a, max_new_tokens=5, **params)
+        gen_b, _ = generate(engine, b, max_new_tokens=40, **params)
+        want = engine.chunks.reuse(shared(a, b), len(b))
+        assert gen_b.cached_tokens == want and want > 0
+        full, _ = generate(engine, b, cache_prompt=False, max_new_tokens=40, **params)
+        assert gen_b.tokens == full.tokens
 
 
 def logits_after(engine, evals: list[list[int]]) -> np.ndarray:
@@ -97,6 +125,30 @@ def logits_after(engine, evals: list[list[int]]) -> np.ndarray:
 
 def chunks(tokens: list[int], size: int) -> list[list[int]]:
     return [tokens[i : i + size] for i in range(0, len(tokens), size)]
+
+
+def planned(engine, tokens: list[int], start: int = 0) -> np.ndarray:
+    """The logits after evaluating tokens[start:] at their positions in the calls engine.chunks makes."""
+    while start < len(tokens):
+        size = engine.chunks.size(start, len(tokens))
+        engine.eval(tokens[start : start + size], start)
+        start += size
+    return np.array(engine.logits())
+
+
+def test_reuse_as_the_plan_allows_gives_a_fresh_evaluations_logits_bit_for_bit(engine):
+    a = engine.tokenizer.encode("One two three four five six seven. " * 30)[:400]
+    tails = (a[:150] + engine.tokenizer.encode(" Eight nine ten." * 20),  # a long new part
+             a[:300] + engine.tokenizer.encode(" Eight."))  # a short one: less is reused
+    try:
+        for b in tails:
+            fresh = planned(engine, b)
+            planned(engine, a)
+            k = engine.chunks.reuse(shared(a, b), len(b))
+            assert k > 100
+            assert np.array_equal(planned(engine, b, start=k), fresh)
+    finally:
+        engine.sequence, engine.last_prompt = [], None  # its KV state is not what sequence said
 
 
 def test_reuse_to_the_token_takes_the_reply_and_any_shared_prefix(engine):
@@ -119,7 +171,7 @@ def test_reuse_to_the_token_takes_the_reply_and_any_shared_prefix(engine):
 def test_reuse_to_the_token_stays_within_a_small_bound_of_a_full_evaluation(engine):
     """What reuse to the token gives up: the reply's tokens were evaluated one per call, which
     ggml sums in other orders than a prompt batch. The difference is small, not zero."""
-    batch = engine.prompt_batch
+    batch = engine.chunks.size(0, 10**6)  # its largest prompt call
     first = engine.tokenizer.encode("The quick brown fox jumps over the lazy dog. " * 4)
     reply = engine.tokenizer.encode(" It ran away into the woods")
     rest = engine.tokenizer.encode(" and never came back.")
@@ -141,14 +193,15 @@ def test_timings_split_prompt_from_decode(engine):
     assert gen.prompt_done_at <= gen.first_token_at <= gen.last_token_at
 
 
-def test_cancel_during_the_prompt_stops_within_one_batch(engine):
-    prompt = engine.tokenizer.encode("y" * 1000)[:1000]
+def test_cancel_during_the_prompt_stops_within_one_call(engine):
+    prompt = engine.tokenizer.encode(" ".join(str(i) for i in range(1000)))[:1000]
+    first = engine.chunks.size(0, len(prompt))
     cancel = threading.Event()
     gen = engine.generate(prompt, SamplingParams(max_new_tokens=5), cancel=cancel, cache_prompt=False)
     seen: dict[str, int] = {}
 
     def watch() -> None:
-        while gen.prompt_evaluated < 2 * engine.prompt_batch:
+        while gen.prompt_evaluated < first:
             pass
         cancel.set()
         seen["at_cancel"] = gen.prompt_evaluated
@@ -158,8 +211,10 @@ def test_cancel_during_the_prompt_stops_within_one_batch(engine):
     assert list(gen) == []
     watcher.join()
     assert gen.finish_reason == "cancelled" and gen.tokens == []
-    assert gen.prompt_evaluated - seen["at_cancel"] <= engine.prompt_batch  # at most the batch in flight
-    assert gen.prompt_evaluated < len(prompt)
+    at = seen["at_cancel"]
+    assert gen.prompt_evaluated - at <= engine.chunks.size(at, len(prompt))  # at most the call in flight
+    if first + engine.chunks.size(first, len(prompt)) < len(prompt):  # a third call was never made
+        assert gen.prompt_evaluated < len(prompt)
     if type(engine).__name__ == "LlamaSlot":  # llama.cpp frees a cancelled sequence's cells at once
         assert gen.engine.sequence == [] and gen.engine.kv_len == 0
     else:  # ctransformers' instance keeps what was evaluated, reusable by the next request
