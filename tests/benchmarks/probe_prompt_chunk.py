@@ -4,8 +4,10 @@ Run by hand (not in CI): .venv/bin/python tests/benchmarks/probe_prompt_chunk.py
 A GPT-2-small-shaped model written by the project's writer and copied into a GGUF; prompts of
 several lengths evaluated in different chunkings (aligned, offset, unaligned, larger), each in a
 fresh sequence; prints, per chunking and prompt length, whether the last position's logits are
-bit for bit those of chunks of 128 (MiniVault's unit so far) and, if not, the largest difference.
-Prefix reuse and the chunk chosen by load are exact only for chunkings that print "same".
+bit for bit those of chunks of 128 and, if not, the largest difference. What it showed, once read
+against ggml's kernels (README: "Which prompt cuts give the same bits"): every chunking whose calls
+all have 64 tokens or more prints "same"; a call under 64 (the last one, or a first one of 37)
+is what differs. On q4_K and q2_K the calls must also start at multiples of 4 (--quant q4_k).
 """
 
 from __future__ import annotations
