@@ -1,4 +1,4 @@
-"""Several models, loaded on demand: each model's state, its worker pool once loaded, and the rules
+"""Several models, loaded on demand: every installed model (each a runtime/model_slot.ModelSlot), and the rules
 for loading (one at a time, waited for up to load_timeout_s), unloading (idle past keep_alive_s)
 and making room (least recently used idle model first, within max_loaded_models and the memory budget).
 
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import AsyncIterator, Callable
 
 from service.config import Settings, SettingsError
 from service.errors import (
@@ -26,85 +25,13 @@ from service.errors import (
     ShuttingDown,
     UnknownModel,
 )
-from service.runtime import catalog, engines
+from service.runtime import catalog
 from service.runtime.jobs import Job
-from service.runtime.loading import LibrarySlots, Loaded, load_model, resident_mb
+from service.runtime.loading import LibrarySlots, load_model, resident_mb
+from service.runtime.model_slot import ModelSlot
 from service.runtime.scheduler import Scheduler
 
 log = logging.getLogger("minivault")
-MB = 1024 * 1024
-
-
-class ModelSlot:
-    """One installed model: unloaded -> loading -> loaded (or error), and back to unloaded."""
-
-    def __init__(self, model_id: str, path: Path, options: catalog.ModelOptions, settings: Settings) -> None:
-        self.id = model_id
-        self.path = path
-        self.choice = engines.choose(path, options.engine or settings.engine)
-        self.engine = self.choice.engine
-        if self.engine == engines.LLAMACPP:  # one context, `parallel` sequences sharing its threads
-            self.workers = options.parallel or settings.parallel
-        else:
-            self.workers = options.workers or settings.workers
-        threads = options.threads if options.threads is not None else settings.threads
-        self.threads = Settings.threads_for(1 if self.engine == engines.LLAMACPP else self.workers, threads)
-        self.state = "unloaded"
-        self.detail: str | None = None
-        self.loaded: Loaded | None = None
-        self.memory_mb: float | None = None  # measured at load (resident memory it added)
-        self.load_seconds: float | None = None
-        self.last_used = 0.0
-        self.pins = 0  # requests being admitted: never unload under them
-        self.waiting = 0  # requests waiting for the load
-        self.task: asyncio.Task | None = None
-        self.failed_stat: tuple[float, int] | None = None  # the file as it was when loading failed
-
-    @property
-    def scheduler(self) -> Scheduler | None:
-        return self.loaded.scheduler if self.loaded else None
-
-    @property
-    def idle(self) -> bool:
-        """Loaded with nothing running, queued or being admitted: may be unloaded."""
-        s = self.scheduler
-        return self.state == "loaded" and s is not None and s.idle and self.pins == 0
-
-    def estimate_mb(self) -> float:
-        """Memory a load will take: measured last time, else each worker's copy of the file plus its KV cache."""
-        if self.memory_mb is not None:
-            return self.memory_mb
-        try:
-            hp = self.header().hparams
-            kv = 2 * hp.n_layer * hp.n_ctx * hp.n_embd * 2  # keys and values, f16, the whole context
-        except ValueError:  # not a GGML file: count its size
-            kv = 0
-        size = self.path.stat().st_size
-        if self.engine == engines.LLAMACPP:  # one copy of the weights, a KV stream per sequence
-            return (size + self.workers * kv) / MB
-        return self.workers * (size + kv) / MB
-
-    def header(self) -> Any:
-        """The file's GGML header (hparams: n_ctx, n_vocab, ftype), read once per version of the file."""
-        return _header(self.path, *self.stat())
-
-    def stat(self) -> tuple[float, int]:
-        st = self.path.stat()
-        return st.st_mtime, st.st_size
-
-    def describe(self) -> dict[str, Any]:
-        """This model's /health entry."""
-        s = self.scheduler
-        out: dict[str, Any] = {"id": self.id, "state": self.state, "engine": self.engine,
-                               "workers": self.workers, "threads": self.threads}
-        if self.detail:
-            out["detail"] = self.detail
-        if s is not None and self.loaded is not None:
-            out |= {"busy": s.busy, "queued": s.queued, "model_sha256": self.loaded.sha256,
-                    "load_seconds": round(self.load_seconds or 0.0, 3)}
-        if self.memory_mb is not None:
-            out["memory_mb"] = round(self.memory_mb, 1)
-        return out
 
 
 class Models:
@@ -194,7 +121,7 @@ class Models:
         """Start the model's load (or join it) and wait, counted against its queue, up to load_timeout_s."""
         s = self.settings
         if slot.state == "error":
-            if slot.failed_stat == _stat_or_none(slot):
+            if slot.failed_stat == slot.stat_or_none():
                 raise NotReady(f"model {slot.id} failed to load: {slot.detail}", retry_after=s.retry_after_s)
             slot.state, slot.detail = "unloaded", None  # the file changed since: try again
         if slot.waiting >= slot.workers + s.max_queue:
@@ -231,7 +158,7 @@ class Models:
                                                  self._libs, self.settings, self._on_finish, slot.choice)
             except Exception as exc:
                 slot.state, slot.detail = "error", f"could not load {slot.path}: {exc}"
-                slot.failed_stat = _stat_or_none(slot)
+                slot.failed_stat = slot.stat_or_none()
                 print(f"minivault: error: model {slot.id}: {slot.detail}", file=sys.stderr, flush=True)
                 self._on_change(slot.id, "error")
                 return NotReady(f"model {slot.id} failed to load: {slot.detail}",
@@ -311,18 +238,3 @@ class Models:
         await self.finish_jobs(timeout)
         for slot in self.loaded():
             await self.unload(slot, "shutdown")
-
-
-@functools.lru_cache(maxsize=64)
-def _header(path: Path, mtime: float, size: int) -> Any:
-    from service.formats.ggml.format import read_gpt2
-
-    return read_gpt2(path)
-
-
-def _stat_or_none(slot: ModelSlot) -> tuple[float, int] | None:
-    try:
-        return slot.stat()
-    except OSError:
-        return None
-
