@@ -3,8 +3,11 @@
 One context with four sequence slots: streams run together (one decode per step for all); with
 quantised weights each gives, bit for bit, what it gives alone (greedy and seeded); with float
 weights llama.cpp's one-row and tiled kernels sum in other orders, a difference measured here and
-bounded (README: llama.cpp engine); a cancelled stream frees its slot while the others go on; and
-the same weights give ctransformers' greedy continuation (up to where the two ggml versions part).
+bounded (README: llama.cpp engine); a cancelled stream frees its slot while the others go on; a
+prompt is cut into larger calls alone than beside a stream, and every cut the plan makes, or a
+prefix reused nearly to the token, gives the same bits on every weight type (engine/prefix.py's
+TiledChunks); and the same weights give ctransformers' greedy continuation (up to where the two
+ggml versions part).
 """
 
 from __future__ import annotations
