@@ -8,8 +8,10 @@ installed by one user stays readable by a service running as another.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -73,3 +75,31 @@ def install(work: Path, final: Path) -> None:
     fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_orphans(root: Path, name: re.Pattern[str]) -> None:
+    """Remove the folders in `root` that `name` matches whose process (its `pid` group) has ended:
+    what a killed process left. Only this user's folders, never a link."""
+    if os.name != "posix":  # os.kill(pid, 0) is only a liveness probe on POSIX
+        return
+    for entry in root.iterdir():
+        match = name.fullmatch(entry.name)
+        if not match:
+            continue
+        try:
+            st = entry.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not process_running(int(match["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def process_running(pid: int) -> bool:
+    """Whether a process with this id exists (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

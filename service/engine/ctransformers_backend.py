@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,6 +20,7 @@ from service.engine.base import Tokenizer
 from service.engine.generation import PROMPT_BATCH, Generates
 from service.engine.prefix import AlignedBatches
 from service.errors import GenerationFailed
+from service.fileio import remove_orphans
 from service.formats.ggml.format import read_gpt2
 from service.tokenizer.greedy import GreedyTokenizer
 
@@ -28,6 +31,17 @@ def _library() -> Path:
     from ctransformers.lib import find_library
 
     return Path(find_library())
+
+
+LIBDIR_PREFIX = "minivault-lib-"
+_LIBDIR_NAME = re.compile(rf"{LIBDIR_PREFIX}(?P<pid>\d+)-\w+")
+
+
+def make_libdir() -> Path:
+    """A new directory for private library copies, named by this process's id; directories that
+    processes no longer running left behind (killed before they could remove theirs) go first."""
+    remove_orphans(Path(tempfile.gettempdir()), _LIBDIR_NAME)
+    return Path(tempfile.mkdtemp(prefix=f"{LIBDIR_PREFIX}{os.getpid()}-"))
 
 
 def _private_library(workdir: Path, index: int) -> str:
@@ -54,7 +68,7 @@ class Engine(Generates):
         self.model_path = Path(model_path)
         self.threads = threads
         self._own_libdir = libdir is None  # made here, so removed here (close, or a failed load)
-        self._libdir = libdir or Path(tempfile.mkdtemp(prefix="minivault-lib-"))
+        self._libdir = libdir or make_libdir()
         try:
             lib = _private_library(self._libdir, instance)
             # check the file ourselves first: ctransformers may crash on a truncated or foreign file

@@ -16,7 +16,7 @@ from pathlib import Path
 import msgspec
 
 from service.errors import one_line
-from service.fileio import unique_path
+from service.fileio import remove_orphans, unique_path
 from service.formats.ggml.format import read_gpt2
 from service.formats.manifest import file_sha256, read_manifest
 
@@ -41,31 +41,10 @@ def work_folder(models_dir: Path, name: str) -> Path:
     """A fresh folder under models/.partial/, after sweeping ones left by dead processes."""
     root = models_dir / PARTIAL_DIR
     root.mkdir(parents=True, exist_ok=True)
-    _sweep(root)
+    remove_orphans(root, _WORK_NAME)  # left by killed downloads
     work = unique_path(root, name)
     work.mkdir()  # not mkdtemp: its 0700 mode would hide the model from a service running as another user
     return work
-
-
-def _sweep(root: Path) -> None:
-    """Remove partial folders whose process is gone (a killed download)."""
-    if os.name != "posix":  # os.kill(pid, 0) is only a liveness probe on POSIX
-        return
-    for entry in root.iterdir():
-        match = _WORK_NAME.fullmatch(entry.name)
-        if match and not _alive(int(match["pid"])):
-            shutil.rmtree(entry, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process still exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:

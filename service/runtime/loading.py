@@ -18,7 +18,7 @@ import msgspec
 
 from service.config import Settings
 from service.engine.base import Tokenizer
-from service.engine.ctransformers_backend import Engine
+from service.engine.ctransformers_backend import Engine, make_libdir
 from service.runtime.jobs import Job
 from service.runtime.scheduler import Scheduler
 
@@ -32,11 +32,27 @@ class LibrarySlots:
     once stays in the process: an unloaded model's indexes are handed to the next load.
     """
 
-    def __init__(self, libdir: Path) -> None:
-        self.libdir = libdir
+    def __init__(self) -> None:
+        self._dir: Path | None = None
         self._free: set[int] = set()
         self._next = 0
         self._lock = threading.Lock()  # loads and unloads run in threads
+
+    @property
+    def libdir(self) -> Path:
+        """The copies' directory, made by the first load that needs one (a server that never loads
+        a GGML model, or never starts, leaves none)."""
+        with self._lock:
+            if self._dir is None:
+                self._dir = make_libdir()
+            return self._dir
+
+    def remove(self) -> None:
+        """Remove the directory and the copies in it (a copy already loaded stays mapped)."""
+        with self._lock:
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
 
     def take(self) -> int:
         with self._lock:

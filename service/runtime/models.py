@@ -13,7 +13,6 @@ import contextlib
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from service.config import Settings, SettingsError
@@ -37,12 +36,12 @@ log = logging.getLogger("minivault")
 class Models:
     """Every installed model, by id, and the loading rules."""
 
-    def __init__(self, settings: Settings, on_finish: Callable[[Job], None], libdir: Path,
+    def __init__(self, settings: Settings, on_finish: Callable[[Job], None],
                  on_change: Callable[[str, str], None] | None = None) -> None:
         self.settings = settings
         self._on_finish = on_finish
         self._on_change = on_change or (lambda model, event: None)  # (model, loaded|unloaded_<why>|error)
-        self._libs = LibrarySlots(libdir)
+        self._libs = LibrarySlots()  # ctransformers' library copies, in a directory made on first use
         self._load_lock = asyncio.Lock()
         self.slots: dict[str, ModelSlot] = {}
         self.default: str | None = None
@@ -238,3 +237,4 @@ class Models:
         await self.finish_jobs(timeout)
         for slot in self.loaded():
             await self.unload(slot, "shutdown")
+        self._libs.remove()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from service.engine.ctransformers_backend import make_libdir
 from service.engine.sampling import SamplingParams
 from service.runtime.loading import (
     ENGINE_NAME,
@@ -25,7 +25,7 @@ class LocalModel:
         self.path = Path(model_path)
         manifest = load_manifest(self.path)
         self.sha256 = model_sha256(self.path, manifest)
-        self._libdir = Path(tempfile.mkdtemp(prefix="minivault-lib-"))
+        self._libdir = make_libdir()
         try:
             self._engine = load_engines(self.path, 1, threads, self._libdir)[0]
         except BaseException:

@@ -8,12 +8,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import shutil
 import signal
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from service import __version__
@@ -47,21 +44,15 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.status = "ok"  # ok -> draining
-        self._libdir = Path(tempfile.mkdtemp(prefix="minivault-lib-"))
         self.metrics: Metrics | None = None
-        try:  # a start that fails (no model, a bad preload, an unwritable log) leaves no directory behind
-            self.models = Models(settings, self.record, self._libdir, self._model_changed)  # fails without a model
-            self.preload = self.models.preload_ids()  # a bad MINIVAULT_PRELOAD stops the start
-            if settings.metrics:
-                self.metrics = Metrics(self.models.default or "", __version__, ENGINE_NAME, self._load_state)
-            db = settings.log_db_path
-            self.logdb = LogDB(db) if db is not None else None
-            self.logbook = LogBook(settings.log_file, fsync=settings.log_fsync, buffer=settings.log_buffer,
-                                   mirror=self.logdb,
-                                   on_failure=self.metrics.log_failures.inc if self.metrics else None)
-        except BaseException:
-            shutil.rmtree(self._libdir, ignore_errors=True)
-            raise
+        self.models = Models(settings, self.record, self._model_changed)  # fails without a model
+        self.preload = self.models.preload_ids()  # a bad MINIVAULT_PRELOAD stops the start
+        if settings.metrics:
+            self.metrics = Metrics(self.models.default or "", __version__, ENGINE_NAME, self._load_state)
+        db = settings.log_db_path
+        self.logdb = LogDB(db) if db is not None else None
+        self.logbook = LogBook(settings.log_file, fsync=settings.log_fsync, buffer=settings.log_buffer,
+                               mirror=self.logdb, on_failure=self.metrics.log_failures.inc if self.metrics else None)
         self._tasks: list[asyncio.Task] = []
         self._prep = ThreadPoolExecutor(PREP_THREADS, thread_name_prefix="minivault-prep")
 
@@ -134,7 +125,6 @@ class Runtime:
             pass
         await asyncio.to_thread(self.logbook.close)
         self._prep.shutdown(wait=False)
-        shutil.rmtree(self._libdir, ignore_errors=True)
 
     def record(self, job: Job) -> None:
         """Write the one log record of a finished job."""

@@ -343,8 +343,12 @@ def test_same_weights_give_ctransformers_greedy_continuation(long_model, tmp_pat
 def test_a_model_llamacpp_cannot_load_is_a_clear_error(tmp_path, long_model):
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(ValueError, match="could not load"):
-        LlamaContext(bad, parallel=1, threads=1, tokenizer=Engine(long_model, threads=1).tokenizer)
+    engine = Engine(long_model, threads=1)  # for its tokenizer
+    try:
+        with pytest.raises(ValueError, match="could not load"):
+            LlamaContext(bad, parallel=1, threads=1, tokenizer=engine.tokenizer)
+    finally:
+        engine.close()
 
 
 def test_float_weights_alone_and_batched_differ_by_a_small_measured_bound(long_model, tmp_path):

@@ -29,6 +29,7 @@ ids = [(i * 7919) % 50000 for i in range(batch)]
 eng.eval(ids, eng.context_length - batch)
 assert np.isfinite(eng.logits()).all()
 print("ok", eng.context_length)
+eng.close()
 """
 
 
