@@ -126,11 +126,11 @@ def model_sha256(model_path: Path, manifest: dict[str, Any] | None) -> str:
     return file_sha256(model_path)
 
 
-def load_engines(model_path: Path, workers: int, threads: int, libdir: Path) -> list[Engine]:
-    """`workers` independent instances of the model, sharing one tokenizer (outside a server)."""
+def load_engines(model_path: Path, workers: int, threads: int) -> list[Engine]:
+    """`workers` independent instances of the model, sharing one tokenizer (outside a server); each
+    makes its library copy's directory and removes it when it is closed or fails to load."""
     tokenizer = load_tokenizer(model_path)
-    return [Engine(model_path, threads=threads, tokenizer=tokenizer, instance=i, libdir=libdir)
-            for i in range(workers)]
+    return [Engine(model_path, threads=threads, tokenizer=tokenizer, instance=i) for i in range(workers)]
 
 
 def load_model(model_id: str, path: Path, workers: int, threads: int, libs: LibrarySlots, settings: Settings,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
-from service.engine.ctransformers_backend import make_libdir
 from service.engine.sampling import SamplingParams
 from service.runtime.loading import (
     ENGINE_NAME,
@@ -25,12 +23,7 @@ class LocalModel:
         self.path = Path(model_path)
         manifest = load_manifest(self.path)
         self.sha256 = model_sha256(self.path, manifest)
-        self._libdir = make_libdir()
-        try:
-            self._engine = load_engines(self.path, 1, threads, self._libdir)[0]
-        except BaseException:
-            shutil.rmtree(self._libdir, ignore_errors=True)
-            raise
+        self._engine = load_engines(self.path, 1, threads)[0]
 
     @property
     def engine(self) -> Any:
@@ -60,4 +53,3 @@ class LocalModel:
 
     def close(self) -> None:
         self._engine.close()
-        shutil.rmtree(self._libdir, ignore_errors=True)
