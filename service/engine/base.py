@@ -58,7 +58,8 @@ class Backend(Protocol):
     def eval(self, tokens: Sequence[int], n_past: int) -> None: ...
     # The generated tokens: the first picked from `logits`, each next one from the logits after
     # evaluating the one before at n_past, n_past + 1, ...; at most `limit`, none after end-of-text.
-    # Where pick runs is the engine's: the calling thread, or a batching engine's step thread.
+    # (A batching engine's slot also offers drive(generation, emit, done): the whole generation
+    # run by its step thread, engine/step_run.py; the scheduler and Generation use it when present.)
     def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
                limit: int) -> TokenRun: ...
     def logits(self) -> np.ndarray: ...

@@ -12,6 +12,7 @@ from service.engine.base import Backend, TokenRun
 from service.engine.prefix import LastPrompt, held, last_prompt, reusable
 from service.engine.sampling import Sampler, SamplingParams, TokenLogprob
 from service.engine.scoring import score_prompt
+from service.engine.step_run import driven_pieces
 from service.engine.textstream import TextStream
 from service.errors import ContextOverflow
 
@@ -52,6 +53,7 @@ class Generation:
             self._held = list(held(engine)) if exact else list(prompt_ids)
         self._text = TextStream(tuple(params.stop))
         self._tokens: TokenRun | None = None  # the engine's sampled tokens, once decoding starts
+        self._history: list[int] = []  # prompt and sampled tokens, for the sampler's penalties
 
     @property
     def text(self) -> str:
@@ -78,26 +80,104 @@ class Generation:
         }
 
     def __iter__(self) -> Iterator[str]:
-        self.engine.begin()
+        drive = getattr(self.engine, "drive", None)
+        if drive is not None and self.params.prompt_logprobs is None:
+            yield from driven_pieces(self, drive)  # as the server runs it: on the engine's step thread
+            return
+        n_past = self.open()
         try:
-            yield from self._run()
+            yield from self._run(n_past)
         finally:
-            try:
-                if self._tokens is not None:  # a step under way ends before the state is handed on
-                    self._tokens.close()
-            finally:
-                # what the next request may reuse (see engine/prefix.py); to the token, the reply too:
-                # every token but the last was evaluated after the prompt (the last never is)
-                whole = not self.exact and len(self._held) == len(self.prompt_ids)
-                self.engine.sequence = self._held + self.tokens[:-1] if whole else self._held
-                self.engine.end(self.finish_reason)
+            self.close()
 
-    def _run(self) -> Iterator[str]:
+    # --- the steps of a generation, shared by the calling thread's loop (_run) and a batching
+    # engine's step thread (engine/step_run.py), so both behave alike ---------------------------
+    def open(self) -> int:
+        """The generation starts on its instance: the positions already held (n_past)."""
         eng = self.engine
+        eng.begin()
         self.started_at = time.monotonic()
-        n_past = len(self.prompt_ids) if self._again is not None else len(self._held)
         if self._again is None:
             eng.last_prompt = None  # its KV state is about to be overwritten
+            return len(self._held)
+        return len(self.prompt_ids)
+
+    def next_chunk(self, n_past: int) -> list[int] | None:
+        """The prompt tokens for the next eval call at n_past; None once the prompt is in, or
+        when the generation was interrupted (its finish_reason says why)."""
+        if n_past >= len(self.prompt_ids):
+            return None
+        if reason := self._interrupted():
+            self.finish_reason = reason
+            return None
+        return self.prompt_ids[n_past : n_past + self.engine.chunks.size(n_past, len(self.prompt_ids))]
+
+    def evaluated(self, n_past: int, chunk: list[int]) -> int:
+        """`chunk` was evaluated at n_past: the positions held now."""
+        n_past += len(chunk)
+        self.prompt_evaluated += len(chunk)
+        # exact: only what a later prompt's fresh evaluation would compute with the same bits
+        self._held = self.prompt_ids[: self.engine.chunks.kept(n_past, len(self.prompt_ids)) if self.exact else n_past]
+        return n_past
+
+    def prompt_logits(self) -> np.ndarray:
+        """The logits after the whole prompt, for the first token (the sampler never changes them)."""
+        self.prompt_done_at = time.monotonic()
+        self._history = list(self.prompt_ids)
+        return self._again.logits.copy() if self._again is not None else self.engine.logits()
+
+    def keep_prompt(self, logits: np.ndarray, scored: bool = False) -> None:
+        """Keep a copy of the prompt's logits for the same prompt again (before its next step)."""
+        if self._again is None:
+            # one token per call computes other bits than batches do: such logits are not offered again
+            self.engine.last_prompt = None if scored else LastPrompt(self.prompt_ids, logits.copy())
+
+    def pick(self, logits: np.ndarray) -> int:
+        """Sample the next token (the engine calls it: on this thread or on its step thread)."""
+        token = self.sampler(logits, self._history)
+        self._history.append(token)
+        return token
+
+    def accept(self, token: int) -> tuple[str, bool]:
+        """A sampled token: the text to send now (maybe ''), and whether the generation goes on.
+
+        It ends at end-of-text, a stop string, an interruption (the token is dropped: it may have
+        been sampled after the generation was cancelled) or max_new_tokens; its finish_reason is
+        then set and the text includes what was held back (all but after a stop string).
+        """
+        if reason := self._interrupted():
+            self.finish_reason = reason
+            return self._text.finish(), False
+        if token == self.engine.eos_id:
+            self.finish_reason = "stop"
+            return self._text.finish(), False
+        self.tokens.append(token)
+        self.last_token_at = time.monotonic()
+        if self.first_token_at is None:
+            self.first_token_at = self.last_token_at
+        piece = self._text.feed(self.engine.tokenizer.token_bytes(token))
+        if self._text.stopped:
+            self.finish_reason = "stop"
+            return piece, False
+        if len(self.tokens) >= self.params.max_new_tokens:
+            self.finish_reason = "length"
+            return piece + self._text.finish(), False
+        return piece, True
+
+    def close(self) -> None:
+        """The generation has ended: what the instance holds is handed on (see engine/prefix.py)."""
+        try:
+            if self._tokens is not None:  # a step under way ends before the state is handed on
+                self._tokens.close()
+        finally:
+            # what the next request may reuse (see engine/prefix.py); to the token, the reply too:
+            # every token but the last was evaluated after the prompt (the last never is)
+            whole = not self.exact and len(self._held) == len(self.prompt_ids)
+            self.engine.sequence = self._held + self.tokens[:-1] if whole else self._held
+            self.engine.end(self.finish_reason)
+
+    def _run(self, n_past: int) -> Iterator[str]:
+        eng = self.engine
         scored = self.params.prompt_logprobs is not None
         if scored:  # scoring evaluates the prompt itself, position by position (reuse is off for it)
             self.prompt_logprobs, reason = score_prompt(eng, self.prompt_ids, self.params.prompt_logprobs,
@@ -106,55 +186,27 @@ class Generation:
                 self.finish_reason = reason
                 return
             n_past = self.prompt_evaluated = len(self.prompt_ids)
-        total = len(self.prompt_ids)
-        while n_past < total:
-            if reason := self._interrupted():
-                self.finish_reason = reason
-                return
-            chunk = self.prompt_ids[n_past : n_past + eng.chunks.size(n_past, total)]
+        while (chunk := self.next_chunk(n_past)) is not None:
             eng.eval(chunk, n_past)
-            n_past += len(chunk)
-            self.prompt_evaluated += len(chunk)
-            # exact: only what a later prompt's fresh evaluation would compute with the same bits
-            self._held = self.prompt_ids[: eng.chunks.kept(n_past, total) if self.exact else n_past]
-        if self._again is not None:
-            logits = self._again.logits.copy()  # a copy: the sampler may work in place
-        else:
-            logits = eng.logits()
-            # one token per call computes other bits than batches do: such logits are not offered again
-            eng.last_prompt = None if scored else LastPrompt(self.prompt_ids, logits.copy())
-        self.prompt_done_at = time.monotonic()
-        history = list(self.prompt_ids)
-
-        def pick(step_logits: np.ndarray) -> int:
-            token = self.sampler(step_logits, history)
-            history.append(token)
-            return token
-
+            n_past = self.evaluated(n_past, chunk)
+        if self.finish_reason is not None:  # interrupted during the prompt
+            return
+        logits = self.prompt_logits()
+        self.keep_prompt(logits, scored)
+        if self.params.max_new_tokens <= 0:
+            self.finish_reason = "length"
+            return
         # the engine may sample ahead on its own thread: a token that arrives after the generation
         # has stopped (cancelled, a stop string) is dropped and never becomes part of its text
-        self._tokens = eng.decode(logits, pick, n_past, self.params.max_new_tokens)
+        self._tokens = eng.decode(logits, self.pick, n_past, self.params.max_new_tokens)
         for token in self._tokens:
-            if reason := self._interrupted():
-                self.finish_reason = reason
-                break
-            if token == eng.eos_id:
-                self.finish_reason = "stop"
-                break
-            self.tokens.append(token)
-            self.last_token_at = time.monotonic()
-            if self.first_token_at is None:
-                self.first_token_at = self.last_token_at
-            piece = self._text.feed(eng.tokenizer.token_bytes(token))
+            piece, more = self.accept(token)
             if piece:
                 yield piece
-            if self._text.stopped:
-                self.finish_reason = "stop"
+            if not more:
                 return
-        else:
-            self.finish_reason = "length"
-        tail = self._text.finish()
-        if tail:
+        self.finish_reason = "length"  # the engine stopped sampling (at its limit)
+        if tail := self._text.finish():
             yield tail
 
 

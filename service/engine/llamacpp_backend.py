@@ -4,9 +4,10 @@ One LlamaContext holds one model and one llama.cpp context with up to `parallel`
 in its own KV stream. Each sequence is a LlamaSlot, a Backend as generation.py sees it (eval at
 positions, then logits), so tokenizer, sampler, stop strings and limits stay MiniVault's. A slot's
 eval joins the next step: one thread gathers what every running slot hands in (a token each, or a
-prompt chunk, engine/prefix.py's TiledChunks) and decodes it all in one llama_decode call. While
-a slot generates, that thread also picks its next token as each step ends (with the sampler
-generation.py hands in: MiniVault's, not llama.cpp's) and queues it for the next step (engine/step_run.py).
+prompt chunk, engine/prefix.py's TiledChunks) and decodes it all in one llama_decode call. That
+thread also runs each slot's generation as its steps end (engine/step_run.py): it queues the
+prompt's next chunk, or picks the next token (MiniVault's sampler, not llama.cpp's), turns it into
+text, hands the piece on and queues the token for the next step.
 
 Only that thread calls llama_decode. Each thread that calls it gets its own OpenMP team, and once
 several teams exist every step is slower: tried (a lone sequence decoding on its own thread, to
@@ -28,7 +29,6 @@ import numpy as np
 
 from service.engine.base import Tokenizer
 from service.engine.llamacpp_slot import ROW_GROUP, TILE_ROWS, LlamaSlot
-from service.engine.step_run import StepRun
 from service.errors import GenerationFailed
 
 # How long a step waits for the running sequences that have not handed in their next tokens yet
@@ -151,31 +151,26 @@ class LlamaContext:
         if not job.ok:
             raise GenerationFailed("llama.cpp failed to decode the batch")
 
-    def follow(self, run: "StepRun", token: int, n_past: int) -> bool:
-        """Queue `token` of `run`'s sequence at n_past for the next step, unless the run was
-        stopped (False); its logits go to run.stepped on the step thread."""
-        job = _Eval(run.slot, [token], n_past, run.stepped)
+    def queue(self, slot: "LlamaSlot", tokens: list[int], n_past: int, then: Callable[[bool], None]) -> None:
+        """Decode `tokens` of `slot`'s sequence at n_past in the next step; then(ok) runs on the
+        step thread once it is done (engine/step_run.py)."""
+        if not 0 < len(tokens) <= self._n_batch:
+            raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self._n_batch} fit a step")
+        job = _Eval(slot, tokens, n_past, then)
         with self._cv:
-            if run.stopped:
-                return False
             if self._closing:
                 raise GenerationFailed("the model is being unloaded")
-            run.idle.clear()
             self._pending.append(job)
             self._cv.notify_all()
-        return True
-
-    def stop(self, run: "StepRun") -> None:
-        """No more steps for `run`; wait for one under way."""
-        with self._cv:
-            run.stopped = True
-        run.idle.wait()
 
     def activate(self, slot: "LlamaSlot", on: bool) -> None:
         """A generation starts (True) or ends (False) on `slot`."""
         with self._cv:
-            (self._active.add if on else self._active.discard)(slot.seq_id)
-            self._cv.notify_all()
+            if on:  # a step gathering the running sequences need not look again for this
+                self._active.add(slot.seq_id)
+            else:
+                self._active.discard(slot.seq_id)
+                self._cv.notify_all()
 
     def chunk_limit(self, slot: "LlamaSlot") -> int:
         """The largest prompt chunk for `slot` now: smaller while other sequences generate."""

@@ -3,13 +3,13 @@ generation.py drives, so tokenizer, sampler, stop strings and limits stay MiniVa
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from service.engine.generation import Generates
+from service.engine.generation import Generates, Generation
 from service.engine.prefix import TiledChunks
-from service.engine.step_run import StepRun
+from service.engine.step_run import Done, Emit, StepRun
 
 # ggml's CPU flash attention takes a call of at least TILE_ROWS query rows by tiles, a smaller one
 # row by row (GGML_FA_TILE_Q); its repacked weights multiply ROW_GROUP rows at a time, the rest with
@@ -48,10 +48,10 @@ class LlamaSlot(Generates):
     def eval(self, tokens: Sequence[int], n_past: int) -> None:
         self.context.submit(self, tokens, n_past)
 
-    def decode(self, logits: np.ndarray, pick: Callable[[np.ndarray], int], n_past: int,
-               limit: int) -> "StepRun":
-        """Tokens sampled on the step thread as each step ends (engine/step_run.py)."""
-        return StepRun(self, logits, pick, n_past, limit)
+    def drive(self, gen: Generation, emit: Emit, done: Done) -> None:
+        """Run `gen` on the step thread from its prompt to its end (engine/step_run.py); `done` tells
+        how it ended. Starts on the calling thread, which is not needed again."""
+        StepRun(self, gen, emit, done).start()
 
     def logits(self) -> np.ndarray:
         """The next-token logits after this slot's last eval (its own copy)."""

@@ -1,101 +1,178 @@
-"""One generation's tokens on a batching engine, sampled on its step thread (llama.cpp's)."""
+"""One generation run by a batching engine's step thread (llama.cpp's), from its prompt to its end.
+
+The request's thread starts it (the scheduler, on the event loop, at admission) and is not woken
+again. Each step's callback runs on the step thread: it queues the prompt's next chunk, or picks
+the next token, turns it into text and hands the piece on (Generation's own steps: the same
+sampler, stop strings, UTF-8 and limits as the calling-thread loop), then queues the next step;
+as llama-server's loop samples and sends in one place. Measured: no worker thread between the
+step thread and the event loop takes two thread hand-overs off each first token (README, the
+llama.cpp engine). A generation that scores its prompt (prompt_logprobs) runs on a worker thread.
+"""
 
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
 from service.errors import GenerationFailed
 
+# emit(piece, then): hand a piece of text on; `then`, if given, is called once it has been sent
+# (or soon after, if the reader is slow; at once if no one reads): the next step waits for it
+Emit = Callable[[str, "Callable[[], None] | None"], None]
+Done = Callable[["BaseException | None"], None]  # the run has ended: None, or why it failed
+
+
+class GenerationSteps(Protocol):
+    """What a run needs of its generation (engine/generation.py's Generation: its steps)."""
+
+    params: Any  # its SamplingParams
+    finish_reason: str | None
+    cancel: threading.Event
+
+    def open(self) -> int: ...
+    def next_chunk(self, n_past: int) -> list[int] | None: ...
+    def evaluated(self, n_past: int, chunk: list[int]) -> int: ...
+    def prompt_logits(self) -> np.ndarray: ...
+    def keep_prompt(self, logits: np.ndarray) -> None: ...
+    def pick(self, logits: np.ndarray) -> int: ...
+    def accept(self, token: int) -> tuple[str, bool]: ...
+    def close(self) -> None: ...
+
 
 class Slot(Protocol):
     """What a run needs of its sequence slot (llama.cpp's LlamaSlot)."""
 
-    eos_id: int
-    context: Any  # queues a step (follow(run, token, n_past) -> bool) and ends a run (stop(run))
+    # queue(slot, tokens, n_past, then): decode the tokens in a coming step; then(ok) on the step thread
+    context: Any
 
     def logits(self) -> np.ndarray: ...
 
 
 class StepRun:
-    """One generation's tokens, sampled on the step thread: as a step ends, its logits are picked
-    from and the token queued for the next step at once, as llama-server samples in its own loop,
-    instead of waking the request's thread and waiting for it to hand the token back. The
-    request's thread only turns tokens into text; it reads them from a queue. The slot's
-    context queues each step (follow) and ends the run (stop) under its own lock.
-    """
+    """A generation driven by its engine's step callbacks; `done` is called exactly once."""
 
-    def __init__(self, slot: Slot, logits: np.ndarray, pick: Callable[[np.ndarray], int],
-                 n_past: int, limit: int) -> None:
-        self.slot, self.pick, self.n_past, self.left = slot, pick, n_past, limit
-        self._first: np.ndarray | None = logits
-        self._held: int | None = None  # the first token, its step queued on the next call (see __next__)
-        self._out: queue.SimpleQueue[int | BaseException | None] = queue.SimpleQueue()
-        self.stopped = False  # set under the context's lock: no step is queued after it
-        self.idle = threading.Event()  # no step of this run queued or under way
-        self.idle.set()
+    def __init__(self, slot: Slot, gen: GenerationSteps, emit: Emit, done: Done) -> None:
+        self.slot, self.gen, self.emit, self._done = slot, gen, emit, done
+        self.n_past = 0
+        self._chunk: list[int] = []
+        self._token = -1  # the last token taken, whose step comes next
+        self._opened = False
+        self._ended = False
 
-    def __iter__(self) -> "StepRun":
-        return self
+    def start(self) -> None:
+        """On the caller's thread: open the generation and queue its prompt (or take its first
+        token at once, when the whole prompt is reused)."""
+        self._guard(self._start)
 
-    def __next__(self) -> int:
-        if self._first is not None:  # the prompt's logits: the first token is picked here
-            logits, self._first = self._first, None
-            if self.left <= 0:
-                raise StopIteration
-            token, more = self._take(logits)
-            if more:
-                self._held = token
-            else:
-                self._out.put(None)
-            return token
-        if self._held is not None:
-            # the first token's step is queued only now, when the caller asks for the next token:
-            # its piece is out first, so the step's threads do not take the cores the first piece
-            # needs on its way to the client (the first token's time is what a client waits for)
-            token, self._held = self._held, None
-            if not self._follow(token):
-                raise StopIteration
-        item = self._out.get()
-        if item is None:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            raise item
-        return item
+    def _start(self) -> None:
+        self.n_past = self.gen.open()
+        self._opened = True
+        self._prompt()
 
-    def _take(self, logits: np.ndarray) -> tuple[int, bool]:
-        """Pick a token at n_past and move past it: (the token, whether a step should follow it)."""
-        token = self.pick(logits)
-        self.left -= 1
+    def _prompt(self) -> None:
+        """Queue the prompt's next chunk; once it is all in, take the first token."""
+        chunk = self.gen.next_chunk(self.n_past)
+        if chunk is not None:
+            self._chunk = chunk
+            self.slot.context.queue(self.slot, chunk, self.n_past, self._evaluated)
+            return
+        if self.gen.finish_reason is not None:  # interrupted during the prompt
+            self._end()
+            return
+        logits = self.gen.prompt_logits()
+        if self.gen.params.max_new_tokens <= 0:
+            self.gen.keep_prompt(logits)
+            self.gen.finish_reason = "length"
+            self._end()
+            return
+        self._take(logits, first=True)
+
+    def _evaluated(self, ok: bool) -> None:
+        """Step thread: a prompt chunk was decoded (ok) or not."""
+        self._guard(self._after_chunk, ok)
+
+    def _after_chunk(self, ok: bool) -> None:
+        if not ok:
+            raise GenerationFailed("llama.cpp failed to decode the batch")
+        self.n_past = self.gen.evaluated(self.n_past, self._chunk)
+        self._prompt()
+
+    def _take(self, logits: np.ndarray, first: bool) -> None:
+        """Pick a token, hand its text on and queue its step, unless the generation ends here."""
+        token = self.gen.pick(logits)
+        piece, more = self.gen.accept(token)
+        self._token = token
+        # the first token's step is queued once its piece is out: the step's threads would take
+        # the cores the piece needs on its way to the client (the time a client waits for)
+        then = self._next if more and first and piece else None
+        if piece:
+            self.emit(piece, then)
+        if first:  # the copy kept for the same prompt again, once the first piece is on its way
+            self.gen.keep_prompt(logits)
+        if not more:
+            self._end()
+        elif then is None:
+            self._next()
+
+    def _next(self) -> None:
+        """Queue the step of the last token taken (on the step thread, or the loop's after a first piece)."""
+        self._guard(self.slot.context.queue, self.slot, [self._token], self.n_past, self._stepped)
+
+    def _stepped(self, ok: bool) -> None:
+        """Step thread: the last token was decoded (ok) or not: take the next one."""
+        self._guard(self._after_step, ok)
+
+    def _after_step(self, ok: bool) -> None:
+        if not ok:
+            raise GenerationFailed("llama.cpp failed to decode the batch")
         self.n_past += 1
-        return token, token != self.slot.eos_id and self.left > 0
+        self._take(self.slot.logits(), first=False)
 
-    def _follow(self, token: int) -> bool:
-        """Queue the step of `token` (the last one taken), unless the run was stopped."""
-        return self.slot.context.follow(self, token, self.n_past - 1)
-
-    def stepped(self, ok: bool) -> None:
-        """Step thread: the last token was decoded (ok) or not; pick the next one and go on."""
-        again = False
+    def _guard(self, step: Callable[..., None], *args: Any) -> None:
+        """Run one step of the run; anything it raises ends the run with that failure."""
         try:
-            if self.stopped:
-                return
-            if not ok:
-                raise GenerationFailed("llama.cpp failed to decode the batch")
-            token, more = self._take(self.slot.logits())
-            again = more and self._follow(token)
-            self._out.put(token)
-            if not again:
-                self._out.put(None)
-        except BaseException as exc:  # the request's thread raises it
-            self._out.put(exc)
-        finally:
-            if not again:
-                self.idle.set()
+            step(*args)
+        except BaseException as exc:  # the step thread goes on with the other sequences
+            self._end(exc)
 
-    def close(self) -> None:
-        """Stop queuing steps and wait for one under way (a generation ends before its state is used)."""
-        self.slot.context.stop(self)
+    def _end(self, failure: BaseException | None = None) -> None:
+        """Hand on what the slot holds and tell the scheduler, once."""
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            if self._opened:
+                self.gen.close()
+        except BaseException as exc:
+            failure = failure or exc
+        try:
+            self._done(failure)
+        except BaseException:  # nothing is left to tell it to (the event loop has closed)
+            pass
+
+
+def driven_pieces(gen: GenerationSteps, drive: Callable[[GenerationSteps, Emit, Done], None]) -> Iterator[str]:
+    """The pieces of `gen` run by a batching engine's step thread (its slot's drive), for a caller
+    that iterates them; the step after a first piece is queued when the next piece is asked for."""
+    out: queue.SimpleQueue[tuple[str, Callable[[], None] | None] | BaseException | None] = queue.SimpleQueue()
+    drive(gen, lambda piece, then=None: out.put((piece, then)), out.put)
+    then = None
+    try:
+        while (item := out.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            piece, then = item
+            yield piece
+            if then is not None:
+                then, go_on = None, then
+                go_on()
+    finally:
+        if item is not None and not isinstance(item, BaseException):  # the caller stopped early
+            gen.cancel.set()
+            if then is not None:
+                then()
+            while (item := out.get()) is not None and not isinstance(item, BaseException):
+                pass

@@ -1,4 +1,5 @@
-"""The worker pool: N engine instances, a bounded wait queue, generations run in threads.
+"""The worker pool: N engine instances, a bounded wait queue, generations run in threads (a worker
+thread each on ctransformers; a batching engine's own step thread on llama.cpp).
 
 Never imports litestar. Admission is synchronous and immediate (refuse at once when full);
 every admitted job ends in exactly one call of `on_finish`, whatever happens to its client.
@@ -13,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Sequence
 
 from service.engine.ctransformers_backend import Engine
-from service.engine.generation import Generation
 from service.engine.prefix import held, served
 from service.engine.sampling import SamplingParams
 from service.errors import (
@@ -25,14 +25,7 @@ from service.errors import (
     UnknownToken,
 )
 from service.runtime.jobs import Job, JobGroup
-from service.runtime.pieces import Pieces
-
-
-# How long a generation waits, after its first piece, for the event loop to send it before it goes
-# on. The engine's threads take every core while they decode; measured on 2 cores, the event loop
-# then got the first piece out 0.1 ms after it was produced when requests came back to back, but
-# 2.3 ms after when the server had been idle for 50 ms (the client's wait for its first token).
-FIRST_PIECE_WAIT_S = 0.02
+from service.runtime.running import on_step_thread, on_worker_thread
 
 
 class Scheduler:
@@ -239,7 +232,10 @@ class Scheduler:
                               exact=self.exact_reuse)
         job.generation = gen
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self._executor, self._pump, gen, job.pieces, loop)
+        drive = getattr(engine, "drive", None)  # a batching engine's slot runs it on its step thread
+        if drive is not None and job.params.prompt_logprobs is None:
+            return on_step_thread(drive, gen, job.pieces, loop)
+        return loop.run_in_executor(self._executor, on_worker_thread, gen, job.pieces, loop)
 
     async def _run(self, job: Job, engine: Engine | None = None,
                    launched: asyncio.Future[None] | BaseException | None = None) -> None:
@@ -271,19 +267,3 @@ class Scheduler:
                 job.group._job_done()
             else:
                 self._on_finish(job)
-
-    @staticmethod
-    def _pump(gen: Generation, out: Pieces, loop: asyncio.AbstractEventLoop) -> None:
-        """Worker thread: pull tokens from the blocking generator and hand them to the loop; the
-        second token is asked for once the first piece is out (see FIRST_PIECE_WAIT_S)."""
-        try:
-            first = True
-            for piece in gen:
-                out.put(piece, loop)
-                if first:
-                    out.wait_sent(FIRST_PIECE_WAIT_S)
-                    first = False
-        except ServiceError:
-            raise
-        except Exception as exc:
-            raise GenerationFailed(f"{type(exc).__name__}: {exc}") from exc  # the reason; callers add context

@@ -3,8 +3,8 @@
 Run by hand (not in CI): .venv/bin/python tests/benchmarks/probe_step_gap.py [--threads 2] [--numpy]
 GPT-2-small-shaped q4_0 model written by the project's writer and copied into a GGUF; 256 tokens
 after an 8-token prompt at the default sampling, 5 runs (the first warms up). The step thread's
-calls are timed by wrapping them: llama_decode, StepRun.stepped (the run's work as a step ends),
-the sampler inside it and LlamaContext.follow (queuing the next step). Prints, per token, the
+calls are timed by wrapping them: llama_decode, StepRun._stepped (the run's work as a step ends),
+the sampler inside it and LlamaContext.queue (queuing the next step). Prints, per token, the
 medians in microseconds of each stretch from the end of one decode to the start of the next:
 everything in it delays the next step (llama-server's own loop does this work in C++).
 """
@@ -28,10 +28,10 @@ from service.formats.ggml_to_gguf import ggml_to_gguf  # noqa: E402
 from service.runtime.loading import gguf_tokenizer_for  # noqa: E402
 
 # the marks each token passes, in order, and the stretch between each and the next
-MARKS = ["decode end", "stepped", "sampler", "sampler end", "follow", "follow end", "stepped end", "decode"]
+MARKS = ["decode end", "stepped", "sampler", "sampler end", "queue", "queue end", "stepped end", "decode"]
 STRETCHES = ["decode -> run (logits copied, step bookkeeping)", "run -> sampler", "sampler",
-             "sampler -> follow", "follow (queue the next step)", "follow -> run end (token to the request's thread)",
-             "run end -> next decode (step loop, batch)"]
+             "sampler -> queue (the token's text, its piece handed on)", "queue (the next step)",
+             "queue -> run end", "run end -> next decode (step loop, batch)"]
 
 
 class _Lib:
@@ -97,9 +97,9 @@ def main() -> None:
         ctx = llamacpp_backend.LlamaContext(gguf, parallel=1, threads=args.threads,
                                             tokenizer=gguf_tokenizer_for(model, gguf))
         ctx._lc = _Lib(ctx._lc, marks)
-        _timed(step_run.StepRun, "stepped", "stepped", marks)
+        _timed(step_run.StepRun, "_stepped", "stepped", marks)
         _timed(Sampler, "__call__", "sampler", marks)
-        _timed(llamacpp_backend.LlamaContext, "follow", "follow", marks)
+        _timed(llamacpp_backend.LlamaContext, "queue", "queue", marks)
         try:
             params = SamplingParams(max_new_tokens=256, seed=1)
             for run in range(args.runs):

@@ -12,6 +12,7 @@ ggml versions part).
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from pathlib import Path
@@ -131,53 +132,67 @@ def test_cancelled_stream_stops_and_frees_its_slot_while_the_others_go_on(contex
         assert out[i]["gen"].finish_reason == "length" and out[i]["gen"].tokens == alone
 
 
-def test_tokens_are_sampled_on_the_step_thread_and_a_stop_ends_the_run(context):
+def drive(slot, gen, on_piece):
+    """Run `gen` as the server does (slot.drive: on the step thread); wait for its end; its failure."""
+    ended: queue.SimpleQueue = queue.SimpleQueue()
+    slot.drive(gen, on_piece, ended.put)
+    return ended.get(timeout=60)
+
+
+def test_a_generation_runs_on_the_step_thread_and_a_stop_ends_it(context):
+    """Each token is picked, turned into text and handed on by the step thread (engine/step_run.py),
+    and once a stop string is met no step is queued for it."""
     prompt = context.tokenizer.encode("Where are you")
+    slot = context.slots[1]
+    full = generate(slot, prompt, cache_prompt=False, max_new_tokens=40, **GREEDY)
+    stop = full.text[len(context.tokenizer.decode(full.tokens[:6])):][:3]  # text of tokens 6-
+    gen = slot.generate(prompt, SamplingParams(max_new_tokens=40, stop=(stop,), **GREEDY), cache_prompt=False)
     where: set[str] = set()
 
-    def pick(logits):
+    def on_piece(piece, then=None):
         where.add(threading.current_thread().name)
-        return int(np.argmax(logits))
+        if then is not None:
+            then()
 
-    slot = context.slots[1]
-    slot.eval(prompt, 0)
-    run = slot.decode(slot.logits().copy(), pick, len(prompt), 50)
-    tokens = [next(run) for _ in range(5)]
-    run.close()  # as a generation that met a stop string: no step is queued after it
-    assert run.idle.is_set() and "minivault-llamacpp" in where
+    assert drive(slot, gen, on_piece) is None
     steps = context.steps
     time.sleep(0.05)
-    assert context.steps == steps  # nothing decoded for it after close
-    assert tokens == generate(slot, prompt, cache_prompt=False, max_new_tokens=5, **GREEDY).tokens
+    assert context.steps == steps  # nothing decoded for it after the stop
+    assert where == {"minivault-llamacpp"} and gen.finish_reason == "stop" and 6 <= len(gen.tokens) < 40
+    assert full.text.startswith(gen.text) and stop not in gen.text
 
 
-def first_token_of(context, slot, prompt, limit):
-    """A greedy run on `slot` after `prompt`, its first token taken; (run, token, steps before it)."""
-    slot.eval(prompt, 0)
-    run = slot.decode(slot.logits().copy(), lambda logits: int(np.argmax(logits)), len(prompt), limit)
-    steps = context.steps
-    return run, next(run), steps
-
-
-def test_the_first_tokens_step_is_queued_only_when_the_next_token_is_asked_for(context):
-    """The first piece goes out before the second token's step takes the cores (scheduler._pump)."""
+def test_the_first_tokens_step_is_queued_only_once_its_piece_is_out(context):
+    """The first piece goes out before the second token's step takes the cores (runtime/pieces.py)."""
     prompt = context.tokenizer.encode("First things first")
     slot = context.slots[2]
-    run, first, steps = first_token_of(context, slot, prompt, 4)
+    gen = slot.generate(prompt, SamplingParams(max_new_tokens=4, **GREEDY), cache_prompt=False)
+    held: queue.SimpleQueue = queue.SimpleQueue()
+
+    def on_piece(piece, then=None):
+        if then is not None:
+            held.put((then, context.steps))
+
+    ended: queue.SimpleQueue = queue.SimpleQueue()
+    slot.drive(gen, on_piece, ended.put)
+    then, steps = held.get(timeout=30)
     time.sleep(0.05)
-    assert context.steps == steps and run.idle.is_set()  # nothing queued or decoded for it yet
-    rest = [next(run) for _ in range(3)]
-    assert context.steps > steps
-    with pytest.raises(StopIteration):
-        next(run)
-    assert [first, *rest] == generate(slot, prompt, cache_prompt=False, max_new_tokens=4, **GREEDY).tokens
+    assert context.steps == steps and ended.empty()  # nothing queued or decoded for it yet
+    then()  # the piece is out
+    assert ended.get(timeout=30) is None and context.steps > steps
+    assert gen.tokens == generate(slot, prompt, cache_prompt=False, max_new_tokens=4, **GREEDY).tokens
 
 
-def test_a_run_stopped_after_its_first_token_queues_no_step(context):
-    run, _, steps = first_token_of(context, context.slots[3], context.tokenizer.encode("Only one"), 10)
-    run.close()  # as a generation whose first piece met a stop string
-    time.sleep(0.05)
-    assert context.steps == steps and run.idle.is_set()
+def test_a_run_stopped_by_its_first_token_queues_no_step(context):
+    slot = context.slots[3]
+    prompt = context.tokenizer.encode("Only one")
+    full = generate(slot, prompt, cache_prompt=False, max_new_tokens=3, **GREEDY)
+    steps = context.steps
+    first = context.tokenizer.decode(full.tokens[:1])
+    assert first
+    gen = generate(slot, prompt, cache_prompt=False, max_new_tokens=10, stop=(first,), **GREEDY)
+    assert gen.finish_reason == "stop" and gen.tokens == full.tokens[:1] and gen.text == ""
+    assert context.steps == steps + 1  # the prompt's call, none after
 
 
 def test_a_stop_string_keeps_only_the_tokens_up_to_it(context):
@@ -223,16 +238,18 @@ def test_prefix_reuse_goes_to_the_token_with_the_same_tokens_as_a_full_evaluatio
 def prompt_calls(slot, prompt):
     """The sizes of the eval calls a fresh evaluation of `prompt` makes on `slot`, and its logits."""
     sizes: list[int] = []
+    context = slot.context
 
-    def spy(tokens, n_past):
-        sizes.append(len(tokens))
-        type(slot).eval(slot, tokens, n_past)
+    def spy(on, tokens, n_past, then):  # what the step thread is handed for this slot (engine/step_run.py)
+        if on is slot:
+            sizes.append(len(tokens))
+        type(context).queue(context, on, tokens, n_past, then)
 
-    slot.eval = spy
+    context.queue = spy
     try:
         generate(slot, prompt, cache_prompt=False, max_new_tokens=1, **GREEDY)
     finally:
-        del slot.eval
+        del context.queue
     return sizes, slot.last_prompt.logits.copy()
 
 
