@@ -120,11 +120,14 @@ class Generation:
         self._held = self.prompt_ids[: self.engine.chunks.kept(n_past, len(self.prompt_ids)) if self.exact else n_past]
         return n_past
 
-    def prompt_logits(self) -> np.ndarray:
-        """The logits after the whole prompt, for the first token (the sampler never changes them)."""
+    def prompt_logits(self, given: np.ndarray | None = None) -> np.ndarray:
+        """The logits after the whole prompt, for the first token: `given` (the engine's step handed
+        them over) or the engine's own (the sampler never changes them)."""
         self.prompt_done_at = time.monotonic()
         self._history = list(self.prompt_ids)
-        return self._again.logits.copy() if self._again is not None else self.engine.logits()
+        if self._again is not None:
+            return self._again.logits.copy()
+        return given if given is not None else self.engine.logits()
 
     def keep_prompt(self, logits: np.ndarray, scored: bool = False) -> None:
         """Keep a copy of the prompt's logits for the same prompt again (before its next step)."""

@@ -67,15 +67,18 @@ _log_errors = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_voi
 class _Eval:
     """One slot's tokens for the next step, and whether the step decoded them."""
 
-    __slots__ = ("slot", "tokens", "n_past", "index", "done", "ok", "then")
+    __slots__ = ("slot", "tokens", "n_past", "index", "done", "ok", "then", "logits")
 
     def __init__(self, slot: "LlamaSlot", tokens: list[int], n_past: int,
-                 then: "Callable[[bool], None] | None" = None) -> None:
+                 then: "Callable[[np.ndarray | None], None] | None" = None) -> None:
         self.slot, self.tokens, self.n_past = slot, tokens, n_past
         self.index = -1  # its last token's place in the batch: where its logits are
-        self.then = then  # called on the step thread once decoded, instead of waking a waiter on done
+        # called on the step thread once decoded (with its logits, or None if the decode failed),
+        # instead of waking a waiter on done
+        self.then = then
         self.done = threading.Event() if then is None else None
         self.ok = False
+        self.logits: np.ndarray | None = None  # for `then`: llama.cpp's own row, valid until the next decode
 
 
 class LlamaContext:
@@ -151,9 +154,11 @@ class LlamaContext:
         if not job.ok:
             raise GenerationFailed("llama.cpp failed to decode the batch")
 
-    def queue(self, slot: "LlamaSlot", tokens: list[int], n_past: int, then: Callable[[bool], None]) -> None:
-        """Decode `tokens` of `slot`'s sequence at n_past in the next step; then(ok) runs on the
-        step thread once it is done (engine/step_run.py)."""
+    def queue(self, slot: "LlamaSlot", tokens: list[int], n_past: int,
+              then: Callable[[np.ndarray | None], None]) -> None:
+        """Decode `tokens` of `slot`'s sequence at n_past in the next step; then(logits) runs on the
+        step thread once it is done, with a view of its logits that is valid only during the call
+        (no copy), or None if the decode failed (engine/step_run.py)."""
         if not 0 < len(tokens) <= self._n_batch:
             raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self._n_batch} fit a step")
         job = _Eval(slot, tokens, n_past, then)
@@ -210,17 +215,29 @@ class LlamaContext:
         chunk decoded beside other sequences' tokens would be evaluated in other pieces than alone,
         and its sums (so its tokens) would depend on what else was running.
         """
+        singles = [e for e in evals if len(e.tokens) == 1]
+        groups = ([singles] if singles else []) + [[e] for e in evals if len(e.tokens) > 1]
+        finished = 0
         try:
-            singles = [e for e in evals if len(e.tokens) == 1]
-            groups = ([singles] if singles else []) + [[e] for e in evals if len(e.tokens) > 1]
             for group in groups:
-                self._decode(group)
+                try:
+                    self._decode(group)
+                finally:  # each group's callbacks before the next decode: their logits are views
+                    finished += 1
+                    self._complete(group)
         finally:
-            for e in evals:
-                if e.done is not None:
-                    e.done.set()
-                else:
-                    e.then(e.ok)
+            for group in groups[finished:]:
+                self._complete(group)
+
+    @staticmethod
+    def _complete(evals: list[_Eval]) -> None:
+        """Wake each eval's waiter, or run its callback (which reads its logits now)."""
+        for e in evals:
+            if e.done is not None:
+                e.done.set()
+            else:
+                e.then(e.logits if e.ok else None)
+                e.logits = None
 
     def _decode(self, evals: list[_Eval]) -> None:
         """One llama_decode over the evals' tokens; each slot gets the logits of its last token."""
@@ -252,7 +269,10 @@ class LlamaContext:
                 if e.index < 0:
                     continue
                 if rc == 0:
-                    np.copyto(e.slot._logits, self._logits_at(e.index))
+                    if e.done is not None:  # its thread reads them later, after other steps: a copy
+                        np.copyto(e.slot._logits, self._logits_at(e.index))
+                    else:
+                        e.logits = self._logits_at(e.index)
                     e.slot.kv_len = e.n_past + len(e.tokens)
                     e.ok = True
                 else:  # what the failed call left in the cache is not known: drop it

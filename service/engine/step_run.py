@@ -35,7 +35,7 @@ class GenerationSteps(Protocol):
     def open(self) -> int: ...
     def next_chunk(self, n_past: int) -> list[int] | None: ...
     def evaluated(self, n_past: int, chunk: list[int]) -> int: ...
-    def prompt_logits(self) -> np.ndarray: ...
+    def prompt_logits(self, given: np.ndarray | None = None) -> np.ndarray: ...
     def keep_prompt(self, logits: np.ndarray) -> None: ...
     def pick(self, logits: np.ndarray) -> int: ...
     def accept(self, token: int) -> tuple[str, bool]: ...
@@ -45,10 +45,9 @@ class GenerationSteps(Protocol):
 class Slot(Protocol):
     """What a run needs of its sequence slot (llama.cpp's LlamaSlot)."""
 
-    # queue(slot, tokens, n_past, then): decode the tokens in a coming step; then(ok) on the step thread
+    # queue(slot, tokens, n_past, then): decode the tokens in a coming step; then(logits) on the
+    # step thread with a view of their logits valid during the call, or None if the decode failed
     context: Any
-
-    def logits(self) -> np.ndarray: ...
 
 
 class StepRun:
@@ -72,8 +71,9 @@ class StepRun:
         self._opened = True
         self._prompt()
 
-    def _prompt(self) -> None:
-        """Queue the prompt's next chunk; once it is all in, take the first token."""
+    def _prompt(self, given: np.ndarray | None = None) -> None:
+        """Queue the prompt's next chunk; once it is all in, take the first token (from `given`:
+        the last chunk's logits, when this runs in its step's callback)."""
         chunk = self.gen.next_chunk(self.n_past)
         if chunk is not None:
             self._chunk = chunk
@@ -82,7 +82,7 @@ class StepRun:
         if self.gen.finish_reason is not None:  # interrupted during the prompt
             self._end()
             return
-        logits = self.gen.prompt_logits()
+        logits = self.gen.prompt_logits(given)
         if self.gen.params.max_new_tokens <= 0:
             self.gen.keep_prompt(logits)
             self.gen.finish_reason = "length"
@@ -90,15 +90,15 @@ class StepRun:
             return
         self._take(logits, first=True)
 
-    def _evaluated(self, ok: bool) -> None:
-        """Step thread: a prompt chunk was decoded (ok) or not."""
-        self._guard(self._after_chunk, ok)
+    def _evaluated(self, logits: np.ndarray | None) -> None:
+        """Step thread: a prompt chunk was decoded (its logits, valid during this call) or not (None)."""
+        self._guard(self._after_chunk, logits)
 
-    def _after_chunk(self, ok: bool) -> None:
-        if not ok:
+    def _after_chunk(self, logits: np.ndarray | None) -> None:
+        if logits is None:
             raise GenerationFailed("llama.cpp failed to decode the batch")
         self.n_past = self.gen.evaluated(self.n_past, self._chunk)
-        self._prompt()
+        self._prompt(logits)
 
     def _take(self, logits: np.ndarray, first: bool) -> None:
         """Pick a token, hand its text on and queue its step, unless the generation ends here."""
@@ -121,15 +121,16 @@ class StepRun:
         """Queue the step of the last token taken (on the step thread, or the loop's after a first piece)."""
         self._guard(self.slot.context.queue, self.slot, [self._token], self.n_past, self._stepped)
 
-    def _stepped(self, ok: bool) -> None:
-        """Step thread: the last token was decoded (ok) or not: take the next one."""
-        self._guard(self._after_step, ok)
+    def _stepped(self, logits: np.ndarray | None) -> None:
+        """Step thread: the last token was decoded (its logits, valid during this call) or not
+        (None): take the next one."""
+        self._guard(self._after_step, logits)
 
-    def _after_step(self, ok: bool) -> None:
-        if not ok:
+    def _after_step(self, logits: np.ndarray | None) -> None:
+        if logits is None:
             raise GenerationFailed("llama.cpp failed to decode the batch")
         self.n_past += 1
-        self._take(self.slot.logits(), first=False)
+        self._take(logits, first=False)
 
     def _guard(self, step: Callable[..., None], *args: Any) -> None:
         """Run one step of the run; anything it raises ends the run with that failure."""
