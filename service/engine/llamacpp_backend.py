@@ -65,20 +65,16 @@ _log_errors = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_voi
 
 
 class _Eval:
-    """One slot's tokens for the next step, and whether the step decoded them."""
+    """One slot's tokens for the next step, and what to call once the step has decoded them."""
 
-    __slots__ = ("slot", "tokens", "n_past", "index", "done", "ok", "then", "logits")
+    __slots__ = ("slot", "tokens", "n_past", "index", "then", "logits")
 
     def __init__(self, slot: "LlamaSlot", tokens: list[int], n_past: int,
-                 then: "Callable[[np.ndarray | None], None] | None" = None) -> None:
+                 then: "Callable[[np.ndarray | None], None]") -> None:
         self.slot, self.tokens, self.n_past = slot, tokens, n_past
         self.index = -1  # its last token's place in the batch: where its logits are
-        # called on the step thread once decoded (with its logits, or None if the decode failed),
-        # instead of waking a waiter on done
-        self.then = then
-        self.done = threading.Event() if then is None else None
-        self.ok = False
-        self.logits: np.ndarray | None = None  # for `then`: llama.cpp's own row, valid until the next decode
+        self.then = then  # called on the step thread with its logits, or None if the decode failed
+        self.logits: np.ndarray | None = None  # llama.cpp's own row once decoded, valid until the next decode
 
 
 class LlamaContext:
@@ -141,17 +137,20 @@ class LlamaContext:
 
     # --- what slots ask ----------------------------------------------------------------------
     def submit(self, slot: "LlamaSlot", tokens: Sequence[int], n_past: int) -> None:
-        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; wait for it."""
-        if not 0 < len(tokens) <= self._n_batch:
-            raise GenerationFailed(f"{len(tokens)} tokens in one eval: 1 to {self._n_batch} fit a step")
-        job = _Eval(slot, list(tokens), n_past)
-        with self._cv:
-            if self._closing:
-                raise GenerationFailed("the model is being unloaded")
-            self._pending.append(job)
-            self._cv.notify_all()
-        job.done.wait()
-        if not job.ok:
+        """Decode `tokens` of `slot`'s sequence at positions n_past.. in the next step; wait for it.
+        The logits are copied into the slot's own buffer: its thread reads them after later steps."""
+        decoded = threading.Event()
+        ok: list[bool] = []
+
+        def then(logits: np.ndarray | None) -> None:
+            if logits is not None:
+                np.copyto(slot._logits, logits)
+            ok.append(logits is not None)
+            decoded.set()
+
+        self.queue(slot, list(tokens), n_past, then)
+        decoded.wait()
+        if not ok[0]:
             raise GenerationFailed("llama.cpp failed to decode the batch")
 
     def queue(self, slot: "LlamaSlot", tokens: list[int], n_past: int,
@@ -231,13 +230,10 @@ class LlamaContext:
 
     @staticmethod
     def _complete(evals: list[_Eval]) -> None:
-        """Wake each eval's waiter, or run its callback (which reads its logits now)."""
+        """Run each eval's callback, which reads its logits now."""
         for e in evals:
-            if e.done is not None:
-                e.done.set()
-            else:
-                e.then(e.logits if e.ok else None)
-                e.logits = None
+            e.then(e.logits)
+            e.logits = None
 
     def _decode(self, evals: list[_Eval]) -> None:
         """One llama_decode over the evals' tokens; each slot gets the logits of its last token."""
@@ -252,7 +248,7 @@ class LlamaContext:
                     lc.llama_memory_seq_rm(self._mem, slot.seq_id, e.n_past, -1)
                     slot.kv_len = e.n_past
                 if e.n_past != slot.kv_len:
-                    continue  # a gap in the positions: refused (not ok), the others go on
+                    continue  # a gap in the positions: refused (no logits), the others go on
                 for j, token in enumerate(e.tokens):
                     b.token[n], b.pos[n], b.n_seq_id[n] = token, e.n_past + j, 1
                     b.seq_id[n][0] = slot.seq_id
@@ -269,12 +265,8 @@ class LlamaContext:
                 if e.index < 0:
                     continue
                 if rc == 0:
-                    if e.done is not None:  # its thread reads them later, after other steps: a copy
-                        np.copyto(e.slot._logits, self._logits_at(e.index))
-                    else:
-                        e.logits = self._logits_at(e.index)
+                    e.logits = self._logits_at(e.index)
                     e.slot.kv_len = e.n_past + len(e.tokens)
-                    e.ok = True
                 else:  # what the failed call left in the cache is not known: drop it
                     lc.llama_memory_seq_rm(self._mem, e.slot.seq_id, 0, -1)
                     e.slot.kv_len = 0

@@ -368,6 +368,15 @@ def test_a_model_llamacpp_cannot_load_is_a_clear_error(tmp_path, long_model):
         engine.close()
 
 
+def decode_together(ctx, *runs):
+    """One llama_decode of these (slot, tokens, n_past), straight from this thread (no step gathers
+    them otherwise); each slot's logits copied into its own buffer, as a blocking eval's are."""
+    evals = [_Eval(slot, tokens, n, lambda logits, slot=slot: np.copyto(slot._logits, logits))
+             for slot, tokens, n in runs]
+    ctx._decode(evals)
+    ctx._complete(evals)
+
+
 def test_float_weights_alone_and_batched_differ_by_a_small_measured_bound(long_model, tmp_path):
     """f32 weights: one row goes through ggml's dot products, two or more through llamafile's tiled
     kernel, which sums in another order (measured: up to 0.13 on logits of magnitude ~70, 0.2%)."""
@@ -377,11 +386,11 @@ def test_float_weights_alone_and_batched_differ_by_a_small_measured_bound(long_m
         prompt = ctx.tokenizer.encode("Hello world, this is it")
         slots = ctx.slots
         for slot in slots:
-            ctx._decode([_Eval(slot, prompt, 0)])
+            decode_together(ctx, (slot, prompt, 0))
         token, n, worst, scale = int(np.argmax(slots[0].logits())), len(prompt), 0.0, 0.0
         for _ in range(40):  # the same token to all three: slot 0 alone, slots 1 and 2 in one batch
-            ctx._decode([_Eval(slots[0], [token], n)])
-            ctx._decode([_Eval(slots[1], [token], n), _Eval(slots[2], [token], n)])
+            decode_together(ctx, (slots[0], [token], n))
+            decode_together(ctx, (slots[1], [token], n), (slots[2], [token], n))
             alone, batched = slots[0].logits(), slots[1].logits()
             assert np.array_equal(batched, slots[2].logits())  # two rows of one batch: the same bits
             worst, scale = max(worst, float(np.abs(alone - batched).max())), max(scale, float(np.abs(alone).max()))
