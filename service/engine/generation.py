@@ -79,9 +79,15 @@ class Generation:
             "decode_tokens_per_second": round(len(self.tokens) / decode_s, 3) if decode_s > 0 else 0.0,
         }
 
-    def __iter__(self) -> Iterator[str]:
+    @property
+    def step_driver(self) -> Callable[..., None] | None:
+        """The engine's drive if this generation runs on its step thread (a batching engine's slot;
+        one that scores its prompt evaluates it position by position on the calling thread)."""
         drive = getattr(self.engine, "drive", None)
-        if drive is not None and self.params.prompt_logprobs is None:
+        return drive if self.params.prompt_logprobs is None else None
+
+    def __iter__(self) -> Iterator[str]:
+        if (drive := self.step_driver) is not None:
             yield from driven_pieces(self, drive)  # as the server runs it: on the engine's step thread
             return
         n_past = self.open()

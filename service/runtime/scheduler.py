@@ -232,8 +232,7 @@ class Scheduler:
                               exact=self.exact_reuse)
         job.generation = gen
         loop = asyncio.get_running_loop()
-        drive = getattr(engine, "drive", None)  # a batching engine's slot runs it on its step thread
-        if drive is not None and job.params.prompt_logprobs is None:
+        if (drive := gen.step_driver) is not None:  # a batching engine's slot runs it on its step thread
             return on_step_thread(drive, gen, job.pieces, loop)
         return loop.run_in_executor(self._executor, on_worker_thread, gen, job.pieces, loop)
 
