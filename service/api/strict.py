@@ -2,8 +2,9 @@
 
 Litestar converts bodies with msgspec's lax mode (`"5"` would pass as 5). This before_request
 hook decodes the raw body strictly into the handler's own Struct first, so a wrong type is
-refused with the same clarity as an unknown field; Litestar's parse that follows then sees
-only bodies that are already valid.
+refused with the same clarity as an unknown field. The decoded Struct is handed to Litestar as
+the request's parsed JSON, so the body is decoded once: Litestar's lax conversion passes an
+instance of the handler's own type through unchanged.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, get_args, get_origin
 
 import msgspec
 from litestar import Request
+from litestar.utils.scope.state import ScopeState
 
 from service.errors import InvalidJSON, InvalidRequest
 
@@ -74,9 +76,11 @@ async def strict_body(request: Request) -> None:
         return None
     body = await request.body()
     try:
-        msgspec.json.decode(body, type=body_type)
+        data = msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
         raise invalid_request(exc) from None
     except msgspec.DecodeError as exc:
         raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
+    # Request.json() reads this cache before decoding: the handler's `data` is this very Struct
+    ScopeState.from_scope(request.scope).json = data
     return None

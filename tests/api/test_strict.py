@@ -65,3 +65,31 @@ def test_every_response_carries_a_request_id(server, method, path, status, kwarg
     assert len(r.headers["x-request-id"]) == 32
     r = httpx.request(method, server + path, headers={"X-Request-ID": "trace-42", **kwargs.pop("headers", {})}, **kwargs)
     assert r.headers["x-request-id"] == "trace-42"
+
+
+def test_the_body_is_decoded_once_and_strictly(settings_for, tiny_model, monkeypatch):
+    """The strict hook's Struct is the handler's `data`: Litestar's own JSON decode never runs for
+    a body a handler takes as a Struct (it would decode every body a second time, laxly)."""
+    import litestar.connection.request as litestar_request
+    from litestar.testing import TestClient
+
+    from service.api.app import create_app
+    from tests.api.test_api import wait_ready
+
+    decoded: list[bytes] = []
+    real = litestar_request.decode_json
+
+    def counting(body, *args, **kwargs):
+        decoded.append(body)
+        return real(body, *args, **kwargs)
+
+    monkeypatch.setattr(litestar_request, "decode_json", counting)
+    with TestClient(create_app(settings_for(tiny_model))) as client:
+        wait_ready(client)
+        r = client.post("/generate", json={"prompt": "a", "max_new_tokens": 2, "temperature": 1})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+        r = client.post("/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 2})
+        assert r.status_code == 200, r.text
+        r = client.post("/generate", json={"prompt": "a", "max_new_tokens": "2"})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "max_new_tokens"
+    assert decoded == []
