@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from service.engine.base import Tokenizer
+from service.engine.llamacpp_check import check_build
 from service.engine.llamacpp_slot import ROW_GROUP, TILE_ROWS, LlamaSlot
 from service.errors import GenerationFailed
 
@@ -84,6 +85,7 @@ class LlamaContext:
                  prompt_chunk: int = PROMPT_CHUNK, prompt_chunk_alone: int = PROMPT_CHUNK_ALONE) -> None:
         lc = self._lc = _lib()
         self.model_path = Path(model_path)
+        check_build(self.model_path, str(Path(lc.__file__).parent))  # before a native build can crash us
         self.threads = threads
         if not (TILE_ROWS * 2 <= prompt_chunk <= prompt_chunk_alone
                 and prompt_chunk % ROW_GROUP == prompt_chunk_alone % ROW_GROUP == 0):
