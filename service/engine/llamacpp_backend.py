@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from service.engine.base import Tokenizer
+from service.engine.hugepages import advise_new, before_load
 from service.engine.llamacpp_check import check_build
 from service.engine.llamacpp_slot import ROW_GROUP, TILE_ROWS, LlamaSlot
 from service.errors import GenerationFailed
@@ -94,6 +95,7 @@ class LlamaContext:
         self.prompt_chunk, self.prompt_chunk_alone = prompt_chunk, prompt_chunk_alone
         mp = lc.llama_model_default_params()
         mp.n_gpu_layers = 0
+        before = before_load()  # what llama.cpp allocates from here on gets huge pages, below
         self._model = lc.llama_model_load_from_file(str(self.model_path).encode(), mp)
         if not self._model:
             raise ValueError(f"llama.cpp could not load {self.model_path} as a GGUF model")
@@ -120,6 +122,7 @@ class LlamaContext:
             self._mem = lc.llama_get_memory(self._ctx)
             self._n_batch = cp.n_batch
             self._batch = lc.llama_batch_init(self._n_batch, 0, 1)
+            self.huge_page_bytes = advise_new(before)  # its weights' copies, KV cache, compute buffers
         except BaseException:
             self._free()
             raise
