@@ -18,6 +18,7 @@ import numpy as np
 
 from service.engine.base import Tokenizer
 from service.engine.generation import PROMPT_BATCH, Generates
+from service.engine.hugepages import advise_new, before_load
 from service.engine.prefix import AlignedBatches
 from service.errors import GenerationFailed
 from service.fileio import remove_orphans
@@ -73,11 +74,13 @@ class Engine(Generates):
             lib = _private_library(self._libdir, instance)
             # check the file ourselves first: ctransformers may crash on a truncated or foreign file
             self.header = read_gpt2(self.model_path)
+            before = before_load()  # its weights and KV cache get huge pages (engine/hugepages.py)
             try:
                 self._llm = LLM(str(self.model_path), "gpt2", config=Config(threads=threads), lib=lib)
             except (RuntimeError, ValueError) as exc:
                 raise ValueError(f"ctransformers could not load {self.model_path} as a GPT-2 GGML model: "
                                  f"{exc}") from None
+            self.huge_page_bytes = advise_new(before)
             self.context_length = self._llm.context_length
             self.vocab_size = self._llm.vocab_size
             # without a tokenizer.json: GGML's greedy tokenizer, as ctransformers has it (in linear time)

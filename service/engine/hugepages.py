@@ -1,11 +1,11 @@
 """Transparent huge pages for the memory an engine allocates when it loads a model.
 
-llama.cpp copies quantised weights into its own buffers at load (repacked for the CPU's wide
-kernels) and allocates its KV cache and compute buffers beside them, with malloc. With Linux's
-transparent huge pages in `madvise` mode (a common default) those stay in 4 KiB pages, and every
-matrix product walks about 25,000 of them. Advised and collapsed into 2 MiB pages, a 32-token
-prompt evaluates faster (README: "Huge pages"). What an engine maps from the model file itself
-is left alone: it is the page cache's, shared with other processes.
+ctransformers reads the weights into a buffer of its own; llama.cpp copies quantised weights into
+its buffers (repacked for the CPU's wide kernels) and allocates its KV cache and compute buffers
+beside them; all with malloc. With Linux's transparent huge pages in `madvise` mode (a common
+default) those stay in 4 KiB pages, and each pass over GPT-2 small's weights walks about 25,000 of
+them. Advised and collapsed into 2 MiB pages, tokens come faster (README: "Huge pages"). What an
+engine maps from the model file itself is left alone: it is the page cache's, shared.
 """
 
 from __future__ import annotations

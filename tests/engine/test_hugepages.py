@@ -59,6 +59,19 @@ def test_only_what_was_mapped_since_is_collapsed_into_huge_pages():
     del new, old
 
 
+def test_a_ctransformers_engine_gets_its_weights_in_huge_pages(tmp_path):
+    from service.engine.ctransformers_backend import Engine
+    from service.formats.ggml.tiny import make_tiny_gpt2
+
+    make_tiny_gpt2(tmp_path / "model.bin", ftype="q4_0", n_embd=256, n_head=4, n_layer=4)
+    for _ in range(2):
+        engine = Engine(tmp_path / "model.bin", threads=1)
+        try:
+            assert engine.huge_page_bytes >= 2 * MiB
+        finally:
+            engine.close()
+
+
 def test_a_llamacpp_context_gets_its_buffers_in_huge_pages_each_time_it_loads(tmp_path):
     from tests.support.engines import require_llamacpp
 
