@@ -60,8 +60,8 @@ def advise_new(before: Regions) -> int:
     for start, end in _new_ranges(anonymous_regions(), before):
         if end - start < HUGE_PAGE or madvise(start, end - start, MADV_HUGEPAGE) != 0:
             continue  # too small, or huge pages are off ("never") or unknown here
-        # one huge page at a time: a range with pages never touched fails as a whole (EINVAL),
-        # and those get huge pages when first touched, from the advice above
+        # one huge page at a time: MADV_COLLAPSE fails a whole range if a part of it cannot be
+        # collapsed (here, parts never touched: EINVAL); those get huge pages when first touched
         first = -(-start // HUGE_PAGE) * HUGE_PAGE
         for page in range(first, end - HUGE_PAGE + 1, HUGE_PAGE):
             if madvise(page, HUGE_PAGE, MADV_COLLAPSE) == 0:
