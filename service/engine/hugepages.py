@@ -97,9 +97,8 @@ def _thp_off() -> bool:
 @functools.cache
 def _own_mappings() -> bool:
     """mallopt(M_MMAP_THRESHOLD, HUGE_PAGE), once: True where glibc took it."""
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return mallopt(M_MMAP_THRESHOLD, HUGE_PAGE) == 1
@@ -108,11 +107,18 @@ def _own_mappings() -> bool:
 @functools.cache
 def _madvise() -> Any:
     """libc's madvise(addr, length, advice), or None where there is none."""
-    name = ctypes.util.find_library("c")
-    try:
-        fn = ctypes.CDLL(name, use_errno=True).madvise
-    except (OSError, AttributeError, TypeError):
+    fn = getattr(_libc(), "madvise", None)
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, or None where it cannot be loaded."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except (OSError, TypeError):
+        return None
